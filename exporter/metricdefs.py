@@ -1,0 +1,163 @@
+"""The one table of metric definitions that feeds the Prometheus sink, the OTel sink, dashboards and alerts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MetricType(StrEnum):
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+    GAUGE = "gauge"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    """One metric: its Prometheus name (counters without the `_total` suffix), type, labels and help."""
+
+    name: str
+    type: MetricType
+    labels: tuple[str, ...]
+    help: str
+    unit: str = ""
+    buckets: tuple[float, ...] = ()
+    otel_name: str = ""
+
+    @property
+    def exposed_name(self) -> str:
+        """The sample name Prometheus shows (`_total` for counters)."""
+        return f"{self.name}_total" if self.type is MetricType.COUNTER else self.name
+
+    @property
+    def series_names(self) -> tuple[str, ...]:
+        """Every sample name this metric produces in the exposition format."""
+        if self.type is MetricType.HISTOGRAM:
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        if self.type is MetricType.COUNTER:
+            return (f"{self.name}_total", f"{self.name}_created")
+        return (self.name,)
+
+
+# Request durations range from ~50 ms (a cached completion) to several minutes (a long agent step
+# that streams a big edit), so the buckets run from 25 ms to 10 minutes.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+# Time to first token: completions answer in 100-500 ms, chat models in 0.5-5 s, reasoning models
+# can think for a minute before the first token; buckets run from 25 ms to 2 minutes.
+TTFT_BUCKETS: tuple[float, ...] = (
+    0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+)
+
+REQUESTS = MetricDef(
+    "copilot_requests",
+    MetricType.COUNTER,
+    ("user", "editor", "language", "kind"),
+    "Counted Copilot interactions: served non-speculative completions, user chat turns (once per "
+    "interaction id) and next-edit suggestions.",
+    otel_name="copilot.requests",
+)
+MODEL_CALLS = MetricDef(
+    "copilot_model_calls",
+    MetricType.COUNTER,
+    ("user", "kind", "model", "initiator"),
+    "Every upstream model call, tool-loop steps and speculative prefetches included.",
+    otel_name="copilot.model_calls",
+)
+TOKENS = MetricDef(
+    "copilot_tokens",
+    MetricType.COUNTER,
+    ("user", "kind", "model", "type"),
+    "Tokens reported by the response usage, by type (input or output).",
+    unit="tokens",
+    otel_name="copilot.tokens",
+)
+REQUEST_DURATION = MetricDef(
+    "copilot_request_duration_seconds",
+    MetricType.HISTOGRAM,
+    ("kind",),
+    "Time from the start of a Copilot request to the last byte of its response.",
+    unit="seconds",
+    buckets=DURATION_BUCKETS,
+    otel_name="gen_ai.client.operation.duration",
+)
+TIME_TO_FIRST_TOKEN = MetricDef(
+    "copilot_time_to_first_token_seconds",
+    MetricType.HISTOGRAM,
+    ("kind",),
+    "Time from the start of a streamed Copilot request to its first event with content.",
+    unit="seconds",
+    buckets=TTFT_BUCKETS,
+    otel_name="gen_ai.client.time_to_first_chunk",
+)
+RESPONSES = MetricDef(
+    "copilot_responses",
+    MetricType.COUNTER,
+    ("kind", "code"),
+    "Upstream HTTP responses per kind and status code (429 rate limited, 402 quota exhausted, 5xx); "
+    "code is 'error' when the request failed without a response.",
+    otel_name="copilot.responses",
+)
+SKIPPED = MetricDef(
+    "copilot_skipped_requests",
+    MetricType.COUNTER,
+    ("kind", "reason"),
+    "Copilot requests not counted as interactions, by reason (speculative, empty completion, agent "
+    "step, auxiliary call, retry duplicate, ...).",
+    otel_name="copilot.skipped_requests",
+)
+PROXY_AUTH_FAILURES = MetricDef(
+    "copilot_proxy_auth_failures",
+    MetricType.COUNTER,
+    (),
+    "Requests answered with 407 Proxy Authentication Required.",
+    otel_name="copilot.proxy_auth_failures",
+)
+CLIENT_INFO = MetricDef(
+    "copilot_client_info",
+    MetricType.GAUGE,
+    ("user", "editor", "editor_version", "plugin", "plugin_version"),
+    "1 for every client (user, editor and plugin version) seen since start: the live inventory.",
+)
+EXPORTER_ERRORS = MetricDef(
+    "copilot_exporter_errors",
+    MetricType.COUNTER,
+    ("component",),
+    "Internal failures of the exporter by component (a sink, the parser, the metrics server). Traffic "
+    "still passes.",
+    otel_name="copilot.exporter_errors",
+)
+LABEL_OVERFLOWS = MetricDef(
+    "copilot_label_overflows",
+    MetricType.COUNTER,
+    ("label",),
+    "Label values folded into 'other' because they were outside the bounded set or over the cap.",
+    otel_name="copilot.label_overflows",
+)
+BUILD_INFO = MetricDef(
+    "copilot_exporter_build_info",
+    MetricType.GAUGE,
+    ("version", "mitmproxy_version"),
+    "Always 1; labels carry the exporter and mitmproxy versions.",
+)
+
+METRICS: tuple[MetricDef, ...] = (
+    REQUESTS,
+    MODEL_CALLS,
+    TOKENS,
+    REQUEST_DURATION,
+    TIME_TO_FIRST_TOKEN,
+    RESPONSES,
+    SKIPPED,
+    PROXY_AUTH_FAILURES,
+    CLIENT_INFO,
+    EXPORTER_ERRORS,
+    LABEL_OVERFLOWS,
+    BUILD_INFO,
+)
+
+
+def all_series_names() -> frozenset[str]:
+    """Every sample name the exporter can expose: what dashboards and rules may reference."""
+    return frozenset(name for m in METRICS for name in m.series_names)
