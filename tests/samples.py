@@ -388,9 +388,7 @@ def _vscode_chat_headers(
 
 
 _AGENT_SYSTEM = r'{"role":"system","content":"You are an expert AI programming assistant, working with a user in the VS Code editor."}'
-_AGENT_USER = (
-    r'{"role":"user","content":"<userRequest>\nAdd a unit test for add() in src/util.py\n</userRequest>"}'
-)
+_AGENT_USER = r'{"role":"user","content":"<userRequest>\nAdd a unit test for add() in src/util.py\n</userRequest>"}'
 _READ_FILE_TOOL = (
     r'{"type":"function","function":{"name":"read_file","description":"Read the contents of a file.",'
     r'"parameters":{"type":"object","properties":{"filePath":{"type":"string"}},"required":["filePath"]}}}'
@@ -399,7 +397,9 @@ _AGENT_TOOL_CALL = (
     r'{"role":"assistant","content":"","tool_calls":[{"id":"call_FAKE00000000000000000001","type":"function",'
     r'"function":{"name":"read_file","arguments":"{\"filePath\":\"/w/src/util.py\"}"}}]}'
 )
-_AGENT_TOOL_RESULT = r'{"role":"tool","tool_call_id":"call_FAKE00000000000000000001","content":"def add(a, b):\n    return a + b\n"}'
+_AGENT_TOOL_RESULT = (
+    r'{"role":"tool","tool_call_id":"call_FAKE00000000000000000001","content":"def add(a, b):\n    return a + b\n"}'
+)
 _CHUNK2 = r'"created":1767220100,"id":"chatcmpl-FAKE0000000000000000000002","model":"gpt-4.1-2025-04-14"'
 _CHUNK3 = r'"created":1767220105,"id":"chatcmpl-FAKE0000000000000000000003","model":"gpt-4.1-2025-04-14"'
 _FP = r'"system_fingerprint":"fp_fake00000"'
@@ -444,11 +444,7 @@ VSCODE_AGENT_TURN = Exchange(
         r'"index":0}]}}],' + _CHUNK2 + "," + _FP + "}",
         r'{"choices":[{"index":0,"delta":{"content":null,"tool_calls":[{"function":{"arguments":'
         r'"\"/w/src/util.py\"}"},"index":0}]}}],' + _CHUNK2 + "," + _FP + "}",
-        r'{"choices":[{"finish_reason":"tool_calls","index":0,"delta":{"content":null}}],'
-        + _CHUNK2
-        + ","
-        + _FP
-        + "}",
+        r'{"choices":[{"finish_reason":"tool_calls","index":0,"delta":{"content":null}}],' + _CHUNK2 + "," + _FP + "}",
         r'{"choices":[],' + _CHUNK2 + r',"usage":{"completion_tokens":21,"completion_tokens_details":'
         r'{"accepted_prediction_tokens":0,"reasoning_tokens":0,"rejected_prediction_tokens":0},"prompt_tokens":9120,'
         r'"prompt_tokens_details":{"cached_tokens":8064},"total_tokens":9141},"copilot_usage":'
@@ -497,12 +493,8 @@ VSCODE_AGENT_STEP = Exchange(
     response_body=_sse(
         r'{"choices":[],"created":0,"id":"","prompt_filter_results":[{"content_filter_results":{},"prompt_index":0}]}',
         r'{"choices":[{"index":0,"delta":{"content":"","role":"assistant"}}],' + _CHUNK3 + "}",
-        r'{"choices":[{"index":0,"delta":{"content":"Added `tests/test_util.py`","role":null}}],'
-        + _CHUNK3
-        + "}",
-        r'{"choices":[{"index":0,"delta":{"content":" with a test for `add()`.","role":null}}],'
-        + _CHUNK3
-        + "}",
+        r'{"choices":[{"index":0,"delta":{"content":"Added `tests/test_util.py`","role":null}}],' + _CHUNK3 + "}",
+        r'{"choices":[{"index":0,"delta":{"content":" with a test for `add()`.","role":null}}],' + _CHUNK3 + "}",
         r'{"choices":[{"finish_reason":"stop","index":0,"delta":{"content":null,"role":null}}],'
         + _CHUNK3
         + r',"usage":{"completion_tokens":14,"prompt_tokens":9190,"prompt_tokens_details":{"cached_tokens":9088},'
@@ -547,9 +539,7 @@ VSCODE_AGENT_SUGGESTIONS = Exchange(
     host="api.business.githubcopilot.com",
     path="/chat/completions",
     http_version="HTTP/2.0",
-    request_headers=_vscode_chat_headers(
-        "5f5f5f5f-aaaa-4f4f-8b8b-000000000018", "user", intent="conversation-panel"
-    ),
+    request_headers=_vscode_chat_headers("5f5f5f5f-aaaa-4f4f-8b8b-000000000018", "user", intent="conversation-panel"),
     request_body=(
         '{"messages":[{"role":"system","content":"Suggest two short follow-up requests the user might ask '
         'next."},'
@@ -594,9 +584,7 @@ VSCODE_AGENT_SUGGESTIONS = Exchange(
         finish_reason="stop",
         input_tokens=1200,
         output_tokens=25,
-        tool_calls=(
-            ("showSuggestions", '{"suggestions":["Run the new test","Add a test for negative numbers"]}'),
-        ),
+        tool_calls=(("showSuggestions", '{"suggestions":["Run the new test","Add a test for negative numbers"]}'),),
         counted=False,
         skip_reason="auxiliary",
     ),
@@ -656,9 +644,7 @@ VSCODE_RESPONSES = Exchange(
         ),
         (
             "response.output_item.done",
-            r'{"type":"response.output_item.done","sequence_number":4,"output_index":0,"item":'
-            + _RESP_MSG_DONE
-            + "}",
+            r'{"type":"response.output_item.done","sequence_number":4,"output_index":0,"item":' + _RESP_MSG_DONE + "}",
         ),
         (
             "response.completed",
