@@ -42,12 +42,40 @@ class MetricDef:
 # Request durations range from ~50 ms (a cached completion) to several minutes (a long agent step
 # that streams a big edit), so the buckets run from 25 ms to 10 minutes.
 DURATION_BUCKETS: tuple[float, ...] = (
-    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
 )
 # Time to first token: completions answer in 100-500 ms, chat models in 0.5-5 s, reasoning models
 # can think for a minute before the first token; buckets run from 25 ms to 2 minutes.
 TTFT_BUCKETS: tuple[float, ...] = (
-    0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.025,
+    0.05,
+    0.1,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
 )
 
 REQUESTS = MetricDef(
@@ -124,8 +152,7 @@ EXPORTER_ERRORS = MetricDef(
     "copilot_exporter_errors",
     MetricType.COUNTER,
     ("component",),
-    "Internal failures of the exporter by component (a sink, the parser, the metrics server). Traffic "
-    "still passes.",
+    "Internal failures of the exporter by component (a sink, the parser, the metrics server). Traffic still passes.",
     otel_name="copilot.exporter_errors",
 )
 LABEL_OVERFLOWS = MetricDef(

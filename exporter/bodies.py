@@ -1,0 +1,110 @@
+"""What a Copilot request body says: model, stream flag, language, and whether its last message is the user's."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from exporter.identity import clean
+from exporter.streams import Shape
+
+MAX_PARSE_BYTES = 16 * 1024 * 1024
+MAX_PROMPT_CHARS = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    model: str | None = None
+    stream: bool | None = None
+    language: str | None = None
+    n: int | None = None
+    user_last: bool | None = None  # last message is a user message (not a tool result): §4.3 fallback
+    initiator: str | None = None  # WebSocket response.create frames carry it in the body
+    prompt: str | None = None  # the user's text, for content capture only
+    parsed: Any = None  # the parsed body (for recording)
+    error: str | None = None  # why the body could not be read
+
+
+def _text_of(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+        return "\n".join(parts) if parts else None
+    return None
+
+
+def _last_user_openai(messages: Any) -> tuple[bool | None, str | None]:
+    if not isinstance(messages, list) or not messages:
+        return None, None
+    last = messages[-1]
+    if not isinstance(last, dict):
+        return None, None
+    role = last.get("role")
+    if role == "user":
+        content = last.get("content")
+        if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") == "tool_result" for p in content):
+            return False, None
+        return True, _text_of(content)
+    return False, None
+
+
+def _last_user_responses(items: Any) -> tuple[bool | None, str | None]:
+    if isinstance(items, str):
+        return True, items
+    if not isinstance(items, list) or not items:
+        return None, None
+    last = items[-1]
+    if not isinstance(last, dict):
+        return None, None
+    if last.get("type") in ("function_call_output", "function_call", "reasoning"):
+        return False, None
+    if last.get("role") == "user":
+        return True, _text_of(last.get("content"))
+    return False, None
+
+
+def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = False) -> RequestFacts:
+    """Read the facts a Copilot request body carries; never raises."""
+    if not body:
+        return RequestFacts()
+    if len(body) > MAX_PARSE_BYTES:
+        return RequestFacts(error="body_too_large")
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return RequestFacts(error="malformed_json")
+    if not isinstance(obj, dict):
+        return RequestFacts(parsed=obj if keep_parsed else None, error="not_an_object")
+    model = obj.get("model")
+    stream = obj.get("stream")
+    n = obj.get("n")
+    language = None
+    extra = obj.get("extra")
+    if isinstance(extra, dict) and isinstance(extra.get("language"), str):
+        language = clean(extra["language"], 64)
+    user_last: bool | None = None
+    prompt: str | None = None
+    if shape is Shape.COMPLETIONS:
+        prompt = obj.get("prompt") if isinstance(obj.get("prompt"), str) else None
+    elif shape is Shape.RESPONSES:
+        user_last, prompt = _last_user_responses(obj.get("input"))
+    elif shape in (Shape.CHAT, Shape.MESSAGES):
+        user_last, prompt = _last_user_openai(obj.get("messages"))
+    initiator = obj.get("initiator")
+    return RequestFacts(
+        model=clean(model) if isinstance(model, str) else None,
+        stream=stream if isinstance(stream, bool) else None,
+        language=language.lower() if language else None,
+        n=n if isinstance(n, int) and not isinstance(n, bool) else None,
+        user_last=user_last,
+        initiator=initiator if initiator in ("user", "agent") else None,
+        prompt=prompt[:MAX_PROMPT_CHARS] if prompt else None,
+        parsed=obj if keep_parsed else None,
+    )

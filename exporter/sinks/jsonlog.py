@@ -1,0 +1,136 @@
+"""One JSON line per Copilot call (structlog), to a per-UTC-day file under the data dir and/or stdout."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+from exporter.events import UsageEvent, iso_utc
+from exporter.writer import BackgroundWriter
+
+MODES = ("file", "stdout", "both", "off")
+
+# Values that must never reach a log, whatever field they turn up in.
+_SECRET_KEYS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "proxy_authorization",
+        "cookie",
+        "set-cookie",
+        "password",
+        "token",
+        "access_token",
+        "refresh_token",
+    }
+)
+_SECRET_VALUE = re.compile(
+    r"(?i)\b(?:bearer\s+[^\s\"']+|basic\s+[A-Za-z0-9+/=]{8,}|gh[oupsr]_[A-Za-z0-9]{20,}"
+    r"|github_pat_[A-Za-z0-9_]{20,}|tid=[0-9a-f]{8,}[^\s\"']*)"
+)
+
+
+def redact_value(value: str) -> str:
+    return _SECRET_VALUE.sub("[REDACTED]", value)
+
+
+def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: drops secret-named keys and masks token-shaped strings in any value."""
+    for key in list(event_dict):
+        value = event_dict[key]
+        if key.lower() in _SECRET_KEYS:
+            event_dict[key] = "[REDACTED]"
+        elif isinstance(value, str) and len(value) > 8:
+            event_dict[key] = redact_value(value)
+    return event_dict
+
+
+def log_path(data_dir: Path, day: str) -> Path:
+    return data_dir / "events" / f"copilot-events_{day}.jsonl"
+
+
+class _LineSink:
+    """structlog's logger: hands each rendered line to the writer thread, which owns the files."""
+
+    def __init__(self, owner: JsonLogSink) -> None:
+        self._owner = owner
+
+    def msg(self, line: str) -> None:
+        self._owner.enqueue(line)
+
+    info = warning = error = debug = msg
+
+
+class JsonLogSink:
+    def __init__(self, data_dir: Path, mode: str, writer: BackgroundWriter, stdout: IO[str] | None = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown JSON log mode {mode!r}")
+        self._dir = data_dir
+        self._to_file = mode in ("file", "both")
+        self._to_stdout = mode in ("stdout", "both")
+        self._stdout = stdout if stdout is not None else sys.stdout
+        self._writer = writer
+        self._file: IO[str] | None = None
+        self._file_day: str | None = None
+        self._day = ""
+        self._logger = structlog.wrap_logger(
+            _LineSink(self),
+            processors=[
+                structlog.processors.add_log_level,
+                redact,
+                structlog.processors.dict_tracebacks,
+                structlog.processors.JSONRenderer(ensure_ascii=False),
+            ],
+            cache_logger_on_first_use=True,
+        )
+        writer.after_batch("jsonlog", self._flush)
+
+    @property
+    def enabled(self) -> bool:
+        return self._to_file or self._to_stdout
+
+    def handle(self, event: UsageEvent, detail: object = None) -> None:
+        if not self.enabled:
+            return
+        self._day = event.day
+        self._logger.info(event.name, timestamp=iso_utc(event.timestamp), **event.log_fields())
+
+    def enqueue(self, line: str) -> None:
+        day = self._day
+        self._writer.submit("jsonlog", lambda: self._write(day, line))
+
+    def _write(self, day: str, line: str) -> None:
+        if self._to_stdout:
+            self._stdout.write(line + "\n")
+        if self._to_file:
+            if self._file is None or self._file_day != day:
+                self._close()
+                path = log_path(self._dir, day)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open across batches)
+                self._file_day = day
+            self._file.write(line + "\n")
+
+    def _flush(self) -> None:
+        if self._to_stdout:
+            self._stdout.flush()
+        if self._file is not None:
+            self._file.flush()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            finally:
+                self._file = None
+                self._file_day = None
+
+    def close(self) -> None:
+        """Writer thread (or after it stopped): flush and close the day file."""
+        self._flush()
+        self._close()

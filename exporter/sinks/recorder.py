@@ -1,0 +1,113 @@
+"""Opt-in recording of Copilot requests and responses (the original tool's prompt recording), redacted."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from exporter.events import UsageEvent, iso_utc
+from exporter.sinks.jsonlog import redact_value
+from exporter.writer import BackgroundWriter
+
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-github-token",
+        "copilot-session-token",
+        "copilot-edits-session",
+        "x-api-key",
+        "api-key",
+    }
+)
+_SECRET_BODY_KEYS = frozenset({"token", "access_token", "refresh_token", "password", "session_token"})
+_UNSAFE_PATH = re.compile(r"[^A-Za-z0-9._@-]")
+
+
+def redact_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in headers:
+        key = name.lower()
+        out[key] = "[REDACTED]" if key in SECRET_HEADERS else redact_value(value)
+    return out
+
+
+def redact_body(value: Any, depth: int = 0) -> Any:
+    """Masks token-named keys and token-shaped strings anywhere in a parsed body."""
+    if depth > 64:
+        return "[TOO DEEP]"
+    if isinstance(value, dict):
+        return {
+            k: "[REDACTED]" if str(k).lower() in _SECRET_BODY_KEYS else redact_body(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [redact_body(v, depth + 1) for v in value]
+    if isinstance(value, str) and len(value) > 8:
+        return redact_value(value)
+    return value
+
+
+def safe_path_part(value: str) -> str:
+    part = _UNSAFE_PATH.sub("_", value)[:64].strip(".")
+    return part or "_"
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """What the recorder needs beyond the UsageEvent; built only when recording is on."""
+
+    url: str
+    method: str
+    request_headers: list[tuple[str, str]]
+    request_content: Any  # parsed JSON, or the (capped) text when it is not JSON
+    response_headers: list[tuple[str, str]]
+    response_content: Any  # list of parsed stream events, or the parsed JSON body
+
+
+class RecorderSink:
+    def __init__(self, data_dir: Path, writer: BackgroundWriter, record_telemetry: bool) -> None:
+        self._dir = data_dir
+        self._writer = writer
+        self._record_telemetry = record_telemetry
+
+    def wants(self, kind: str) -> bool:
+        if kind == "telemetry":
+            return self._record_telemetry
+        return kind not in ("token_exchange", "user_info", "endpoint_discovery")
+
+    def handle(self, event: UsageEvent, detail: object = None) -> None:
+        if not isinstance(detail, Recording) or not self.wants(event.kind):
+            return
+        self._writer.submit("recorder", lambda: self._write(event, detail))
+
+    def _write(self, event: UsageEvent, rec: Recording) -> None:
+        doc = {
+            "user": event.user,
+            "timestamp": iso_utc(event.timestamp),
+            "proxy-time-consumed": f"{event.duration_s * 1000:.2f}ms" if event.duration_s is not None else None,
+            "kind": event.kind,
+            "counted": event.counted,
+            "skip_reason": event.skip_reason,
+            "request": {
+                "url": redact_value(rec.url),
+                "method": rec.method,
+                "headers": redact_headers(rec.request_headers),
+                "content": redact_body(rec.request_content),
+            },
+            "response": {
+                "status_code": event.status,
+                "headers": redact_headers(rec.response_headers),
+                "content": redact_body(rec.response_content),
+            },
+        }
+        stamp = event.timestamp.strftime("%Y%m%dT%H%M%S.%fZ")
+        name = f"{stamp}_{safe_path_part(event.request_id or 'no-request-id')}.json"
+        path = self._dir / "usage" / safe_path_part(event.user) / safe_path_part(event.kind) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=4, ensure_ascii=False, default=str), encoding="utf-8")

@@ -1,0 +1,156 @@
+"""Incremental server-sent-events decoding, with incremental content decoding (gzip, deflate, br, zstd)."""
+
+from __future__ import annotations
+
+import sys
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+import brotli
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # mitmproxy depends on the backport below 3.14
+    from backports import zstd
+
+MAX_LINE_BYTES = 4 * 1024 * 1024
+MAX_DECODED_BYTES = 256 * 1024 * 1024
+
+
+class DecodeError(Exception):
+    """The body could not be decoded (bad compression, over the size cap)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SSEEvent:
+    """One `data:` payload with the `event:` type in force for it."""
+
+    event: str | None
+    data: str
+
+
+class _Decompressor(Protocol):
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+class _Identity:
+    def decompress(self, data: bytes) -> bytes:
+        return data
+
+
+class _Brotli:
+    def __init__(self) -> None:
+        self._d = brotli.Decompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        return bytes(self._d.process(data))
+
+
+class _Zstd:
+    def __init__(self) -> None:
+        self._d = zstd.ZstdDecompressor()
+
+    def decompress(self, data: bytes) -> bytes:
+        return bytes(self._d.decompress(data))
+
+
+def _decompressor(encoding: str) -> _Decompressor:
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity", "none"):
+        return _Identity()
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    if encoding == "br":
+        return _Brotli()
+    if encoding == "zstd":
+        return _Zstd()
+    raise DecodeError(f"unsupported content-encoding {encoding!r}")
+
+
+class BodyDecoder:
+    """Incrementally undoes Content-Encoding, capping the decoded size (gzip bombs)."""
+
+    def __init__(self, content_encoding: str | None, max_bytes: int = MAX_DECODED_BYTES) -> None:
+        self._steps = [_decompressor(e) for e in reversed((content_encoding or "").split(",")) if e.strip()]
+        self._max = max_bytes
+        self.decoded_bytes = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        try:
+            for step in self._steps:
+                chunk = step.decompress(chunk)
+        except (zlib.error, brotli.error, zstd.ZstdError, EOFError) as e:
+            raise DecodeError(f"corrupt compressed body: {e}") from e
+        self.decoded_bytes += len(chunk)
+        if self.decoded_bytes > self._max:
+            raise DecodeError(f"decoded body over {self._max} bytes")
+        return chunk
+
+
+class SSEDecoder:
+    """Splits an event stream into events as bytes arrive.
+
+    Each `data:` line is one event: Copilot's payloads are single-line JSON, and streams are seen with
+    both `\\n\\n` and single `\\n` between events. `event:` sets the type until the next blank line;
+    comment lines (`:`) and other fields are ignored; `\\r\\n` is accepted; an over-long line is dropped.
+    """
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._buf = bytearray()
+        self._event: str | None = None
+        self._max_line = max_line
+        self._skipping = False
+        self.dropped_lines = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        out: list[SSEEvent] = []
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                self._append(chunk[start:])
+                return out
+            if self._skipping:
+                self._skipping = False
+                self._buf.clear()
+            else:
+                self._buf += chunk[start:nl]
+                self._line(bytes(self._buf), out)
+                self._buf.clear()
+            start = nl + 1
+
+    def close(self) -> list[SSEEvent]:
+        """End of stream: a last line without a newline still counts (a truncated stream)."""
+        out: list[SSEEvent] = []
+        if self._buf and not self._skipping:
+            self._line(bytes(self._buf), out)
+        self._buf.clear()
+        return out
+
+    def _append(self, part: bytes) -> None:
+        if self._skipping:
+            return
+        self._buf += part
+        if len(self._buf) > self._max_line:
+            self._buf.clear()
+            self._skipping = True
+            self.dropped_lines += 1
+
+    def _line(self, raw: bytes, out: list[SSEEvent]) -> None:
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if not raw:
+            self._event = None
+            return
+        if raw.startswith(b":"):
+            return
+        field, _, value = raw.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if field == b"data":
+            out.append(SSEEvent(self._event, value.decode("utf-8", "replace")))
+        elif field == b"event":
+            self._event = value.decode("utf-8", "replace").strip() or None

@@ -1,0 +1,394 @@
+"""What a Copilot answer said: text, tool calls, finish reason and usage, from any of the four stream shapes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from exporter.sse import SSEEvent
+
+MAX_TEXT_CHARS = 64 * 1024
+MAX_TOOL_CALLS = 64
+
+
+class Shape(StrEnum):
+    COMPLETIONS = "completions"  # /v1/engines/*/completions: choices[].text
+    CHAT = "chat"  # /chat/completions: choices[].delta.content / tool_calls, or message (non-streamed)
+    RESPONSES = "responses"  # /responses: response.* events
+    MESSAGES = "messages"  # /v1/messages: Anthropic message_* / content_block_* events
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+@dataclass(slots=True)
+class Answer:
+    """The accumulated facts of one response. Mutable while the stream runs; read at the end."""
+
+    text_parts: dict[int, list[str]] = field(default_factory=dict)
+    text_chars: int = 0
+    has_text: bool = False
+    tool_calls: list[str] = field(default_factory=list)
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    nano_aiu: int | None = None
+    resolved_model: str | None = None
+    complete: bool = False  # the stream reached its terminator ([DONE], response.completed, message_stop)
+    events: int = 0
+    malformed_events: int = 0
+    error: str | None = None  # an error object inside the stream
+
+    def add_text(self, index: int, text: str) -> None:
+        if not text:
+            return
+        if not self.has_text and text.strip():
+            self.has_text = True
+        if self.text_chars < MAX_TEXT_CHARS:
+            self.text_parts.setdefault(index, []).append(text[: MAX_TEXT_CHARS - self.text_chars])
+        self.text_chars += len(text)
+
+    @property
+    def text(self) -> str:
+        return "".join("".join(parts) for _, parts in sorted(self.text_parts.items()))
+
+    @property
+    def choices_with_text(self) -> int:
+        return sum(1 for parts in self.text_parts.values() if "".join(parts).strip())
+
+    @property
+    def finish_reason(self) -> str | None:
+        if not self.finish_reasons:
+            return None
+        return self.finish_reasons[min(self.finish_reasons)]
+
+    def add_tool(self, name: Any) -> None:
+        if isinstance(name, str) and name and len(self.tool_calls) < MAX_TOOL_CALLS:
+            self.tool_calls.append(name[:128])
+
+
+class AnswerParser:
+    """Feeds decoded SSE events (or one JSON body) of one shape into an Answer."""
+
+    def __init__(self, shape: Shape, keep_events: int = 0) -> None:
+        self.shape = shape
+        self.answer = Answer()
+        self._keep = keep_events
+        self.kept: list[Any] = []  # parsed event objects, for recording (bounded)
+        self._anthropic: dict[str, int] = {}
+
+    def feed_event(self, ev: SSEEvent) -> bool:
+        """Returns True when the event carried answer content (text or a tool call): first token."""
+        a = self.answer
+        data = ev.data.strip()
+        if not data:
+            return False
+        if data == "[DONE]":
+            a.complete = True
+            return False
+        try:
+            obj = json.loads(data)
+        except ValueError:
+            a.malformed_events += 1
+            return False
+        a.events += 1
+        if len(self.kept) < self._keep:
+            self.kept.append(obj)
+        if not isinstance(obj, dict):
+            a.malformed_events += 1
+            return False
+        return self._dispatch(obj, ev.event)
+
+    def feed_json(self, obj: Any) -> None:
+        """A non-streamed body (stream:false)."""
+        a = self.answer
+        if len(self.kept) < self._keep:
+            self.kept.append(obj)
+        if not isinstance(obj, dict):
+            a.malformed_events += 1
+            return
+        a.events += 1
+        if self.shape is Shape.CHAT:
+            for choice in obj.get("choices") or ():
+                if not isinstance(choice, dict):
+                    continue
+                index = _int(choice.get("index")) or 0
+                message = choice.get("message")
+                if isinstance(message, dict):
+                    content = message.get("content")
+                    if isinstance(content, str):
+                        a.add_text(index, content)
+                    for call in message.get("tool_calls") or ():
+                        if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                            a.add_tool(call["function"].get("name"))
+                text = choice.get("text")
+                if isinstance(text, str):
+                    a.add_text(index, text)
+                reason = _str(choice.get("finish_reason"))
+                if reason:
+                    a.finish_reasons[index] = reason
+            self._usage_openai(obj)
+            self._model(obj.get("model"))
+            a.complete = True
+        elif self.shape is Shape.RESPONSES:
+            self._responses_final(obj)
+        elif self.shape is Shape.MESSAGES:
+            for block in obj.get("content") or ():
+                if isinstance(block, dict):
+                    if block.get("type") == "text" and isinstance(block.get("text"), str):
+                        a.add_text(0, block["text"])
+                    elif block.get("type") == "tool_use":
+                        a.add_tool(block.get("name"))
+            reason = _str(obj.get("stop_reason"))
+            if reason:
+                a.finish_reasons[0] = reason
+            self._usage_anthropic(obj.get("usage"))
+            self._model(obj.get("model"))
+            a.complete = True
+        else:
+            self._completions(obj)
+            a.complete = True
+
+    # -- shapes ---------------------------------------------------------------------------------
+
+    def _dispatch(self, obj: dict[str, Any], event: str | None) -> bool:
+        if self.shape is Shape.COMPLETIONS:
+            return self._completions(obj)
+        if self.shape is Shape.CHAT:
+            return self._chat(obj)
+        if self.shape is Shape.RESPONSES:
+            return self._responses(obj, event)
+        return self._messages(obj, event)
+
+    def _model(self, value: Any) -> None:
+        if self.answer.resolved_model is None and isinstance(value, str) and value:
+            self.answer.resolved_model = value[:128]
+
+    def _error(self, obj: dict[str, Any]) -> None:
+        err = obj.get("error")
+        if isinstance(err, dict):
+            self.answer.error = str(err.get("code") or err.get("type") or err.get("message") or "error")[:128]
+        elif isinstance(err, str):
+            self.answer.error = err[:128]
+
+    def _usage_openai(self, obj: dict[str, Any]) -> None:
+        a = self.answer
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            a.input_tokens = _int(usage.get("prompt_tokens"))
+            a.output_tokens = _int(usage.get("completion_tokens"))
+            details = usage.get("prompt_tokens_details")
+            if isinstance(details, dict):
+                a.cached_tokens = _int(details.get("cached_tokens"))
+            details = usage.get("completion_tokens_details")
+            if isinstance(details, dict):
+                a.reasoning_tokens = _int(details.get("reasoning_tokens"))
+        self._copilot_usage(obj)
+
+    def _copilot_usage(self, obj: dict[str, Any]) -> None:
+        cu = obj.get("copilot_usage")
+        if isinstance(cu, dict):
+            nano = _int(cu.get("total_nano_aiu"))
+            if nano is not None:
+                self.answer.nano_aiu = nano
+
+    def _completions(self, obj: dict[str, Any]) -> bool:
+        a = self.answer
+        content = False
+        self._model(obj.get("model"))
+        if "error" in obj:
+            self._error(obj)
+        for choice in obj.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = _int(choice.get("index")) or 0
+            text = choice.get("text")
+            if isinstance(text, str) and text:
+                a.add_text(index, text)
+                content = True
+            reason = _str(choice.get("finish_reason"))
+            if reason and index not in a.finish_reasons:
+                a.finish_reasons[index] = reason
+        self._usage_openai(obj)
+        return content
+
+    def _chat(self, obj: dict[str, Any]) -> bool:
+        a = self.answer
+        content = False
+        self._model(obj.get("model"))
+        if "error" in obj:
+            self._error(obj)
+        for choice in obj.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = _int(choice.get("index")) or 0
+            delta: Any = choice.get("delta")
+            if not isinstance(delta, dict):
+                message = choice.get("message")
+                delta = message if isinstance(message, dict) else {}
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                a.add_text(index, text)
+                content = True
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    fn = call.get("function")
+                    if isinstance(fn, dict) and fn.get("name"):
+                        a.add_tool(fn.get("name"))
+                    content = True
+            fcall = delta.get("function_call")
+            if isinstance(fcall, dict):
+                if fcall.get("name"):
+                    a.add_tool(fcall.get("name"))
+                content = True
+            reason = _str(choice.get("finish_reason"))
+            if reason and index not in a.finish_reasons:
+                a.finish_reasons[index] = reason
+        if isinstance(obj.get("usage"), dict) or isinstance(obj.get("copilot_usage"), dict):
+            self._usage_openai(obj)
+        return content
+
+    def _responses(self, obj: dict[str, Any], event: str | None) -> bool:
+        a = self.answer
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else event
+        if kind == "response.output_text.delta":
+            delta = obj.get("delta")
+            if isinstance(delta, str) and delta:
+                a.add_text(_int(obj.get("output_index")) or 0, delta)
+                return True
+            return False
+        if kind == "response.output_item.added":
+            item = obj.get("item")
+            if isinstance(item, dict) and item.get("type") == "function_call":
+                a.add_tool(item.get("name"))
+                return True
+            return False
+        if kind == "response.function_call_arguments.delta":
+            return True
+        if kind in ("response.created", "response.in_progress"):
+            resp = obj.get("response")
+            if isinstance(resp, dict):
+                self._model(resp.get("model"))
+            return False
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            self._responses_final(obj.get("response"), streamed_text=a.has_text or a.text_chars > 0)
+            self._copilot_usage(obj)
+            if kind == "response.incomplete":
+                a.finish_reasons[0] = "incomplete"
+            elif kind == "response.failed":
+                a.finish_reasons[0] = "failed"
+            return False
+        if kind == "error":
+            self._error({"error": obj})
+            return False
+        return False
+
+    def _responses_final(self, resp: Any, streamed_text: bool = False) -> None:
+        a = self.answer
+        if not isinstance(resp, dict):
+            a.malformed_events += 1
+            return
+        self._model(resp.get("model"))
+        status = _str(resp.get("status"))
+        if status:
+            a.finish_reasons.setdefault(0, status)
+        tools_seen = bool(a.tool_calls)
+        for item in resp.get("output") or ():
+            if not isinstance(item, dict):
+                continue
+            if item.get("type") == "function_call" and not tools_seen:
+                a.add_tool(item.get("name"))
+            elif item.get("type") == "message" and not streamed_text:
+                for part in item.get("content") or ():
+                    if isinstance(part, dict) and part.get("type") == "output_text":
+                        text = part.get("text")
+                        if isinstance(text, str):
+                            a.add_text(0, text)
+        usage = resp.get("usage")
+        if isinstance(usage, dict):
+            a.input_tokens = _int(usage.get("input_tokens"))
+            a.output_tokens = _int(usage.get("output_tokens"))
+            details = usage.get("input_tokens_details")
+            if isinstance(details, dict):
+                a.cached_tokens = _int(details.get("cached_tokens"))
+            details = usage.get("output_tokens_details")
+            if isinstance(details, dict):
+                a.reasoning_tokens = _int(details.get("reasoning_tokens"))
+        self._copilot_usage(resp)
+        a.complete = True
+
+    def _messages(self, obj: dict[str, Any], event: str | None) -> bool:
+        a = self.answer
+        kind = obj.get("type") if isinstance(obj.get("type"), str) else event
+        if kind == "content_block_delta":
+            delta = obj.get("delta")
+            if not isinstance(delta, dict):
+                return False
+            if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
+                a.add_text(0, delta["text"])
+                return bool(delta["text"])
+            return delta.get("type") in ("input_json_delta", "thinking_delta")
+        if kind == "content_block_start":
+            block = obj.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "tool_use":
+                a.add_tool(block.get("name"))
+                return True
+            return False
+        if kind == "message_start":
+            msg = obj.get("message")
+            if isinstance(msg, dict):
+                self._model(msg.get("model"))
+                self._usage_anthropic(msg.get("usage"))
+            return False
+        if kind == "message_delta":
+            delta = obj.get("delta")
+            if isinstance(delta, dict) and _str(delta.get("stop_reason")):
+                a.finish_reasons[0] = delta["stop_reason"]
+            self._usage_anthropic(obj.get("usage"))
+            self._copilot_usage(obj)
+            return False
+        if kind == "message_stop":
+            a.complete = True
+            return False
+        if kind == "error":
+            self._error(obj)
+        return False
+
+    def _usage_anthropic(self, usage: Any) -> None:
+        """Latest value of each field wins; input counts fresh + cache-read + cache-creation tokens."""
+        if not isinstance(usage, dict):
+            return
+        a = self.answer
+        for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens", "output_tokens"):
+            value = _int(usage.get(key))
+            if value is not None:
+                self._anthropic[key] = value
+        inputs = [
+            self._anthropic.get(k) for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+        ]
+        if any(v is not None for v in inputs):
+            a.input_tokens = sum(v or 0 for v in inputs)
+        if "cache_read_input_tokens" in self._anthropic:
+            a.cached_tokens = self._anthropic["cache_read_input_tokens"]
+        if "output_tokens" in self._anthropic:
+            a.output_tokens = self._anthropic["output_tokens"]
+
+
+def shape_for_path(path: str) -> Shape:
+    path = path.split("?", 1)[0]
+    if path.endswith("/responses"):
+        return Shape.RESPONSES
+    if path.endswith("/v1/messages"):
+        return Shape.MESSAGES
+    if path.endswith("/chat/completions"):
+        return Shape.CHAT
+    return Shape.COMPLETIONS
