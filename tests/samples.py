@@ -18,8 +18,9 @@ Every token, id and hash here is fake (copied from the spec or made up in the sa
 * initiator: `X-Initiator` value or None. interaction_id / request_id: header values or None.
 * streamed: the response is an event stream. text / finish_reason: reconstructed answer of choice 0
   (Responses API: `completed`; Messages API: `stop_reason`).
-* input_tokens / output_tokens: from the response usage (Messages API: `input_tokens` as sent, cache
-  reads separately in `cached_tokens`), None when the response reports none.
+* input_tokens / output_tokens: from the response usage, None when the response reports none. Input
+  counts every input token: the Messages API's fresh + cache-read + cache-creation tokens, like OpenAI's
+  prompt_tokens (which include cached ones); `cached_tokens` repeats the cached part.
 * counted: whether this exchange, replayed in `ALL` order through one proxy, is a counted interaction
   (`copilot_requests_total`); skip_reason: why not, one of `SKIP_REASONS`, None when counted.
 
@@ -159,8 +160,9 @@ SKIP_REASONS: tuple[str, ...] = (
     "speculative",  # x-copilot-speculative: true prefetch
     "empty_completion",  # completion stream whose choices carry no text
     "agent_step",  # chat tool-loop round (x-initiator: agent) of an already counted turn
-    "auxiliary",  # another request of an already counted interaction id (suggestions, title, ...)
-    "not_model_call",  # token exchange, telemetry, ...: not a model call at all
+    "turn_followup",  # a further user-initiated request of an already counted interaction id (suggestions)
+    "auxiliary",  # an agent request of another intent within a counted turn (title, categorisation, ...)
+    "not_interaction",  # token exchange, telemetry, ...: never an interaction
 )
 
 
@@ -586,7 +588,7 @@ VSCODE_AGENT_SUGGESTIONS = Exchange(
         output_tokens=25,
         tool_calls=(("showSuggestions", '{"suggestions":["Run the new test","Add a test for negative numbers"]}'),),
         counted=False,
-        skip_reason="auxiliary",
+        skip_reason="turn_followup",
     ),
 )
 
@@ -753,7 +755,7 @@ VSCODE_MESSAGES = Exchange(
         streamed=True,
         text="Running the test suite.",
         finish_reason="tool_use",
-        input_tokens=1530,
+        input_tokens=1530 + 11200,  # fresh + cache reads, like OpenAI prompt_tokens and OTel GenAI
         output_tokens=48,
         cached_tokens=11200,
         nano_aiu=260000000,
@@ -911,7 +913,7 @@ VSCODE_TOKEN_EXCHANGE = Exchange(
         sku="copilot_for_business_seat",
         endpoints=TOKEN_EXCHANGE_ENDPOINTS,
         counted=False,
-        skip_reason="not_model_call",
+        skip_reason="not_interaction",
     ),
 )
 
@@ -1142,7 +1144,7 @@ TELEMETRY = Exchange(
         streamed=False,
         telemetry_events=("agent/ghostText.shown", "agent/ghostText.accepted"),
         counted=False,
-        skip_reason="not_model_call",
+        skip_reason="not_interaction",
     ),
 )
 
