@@ -35,7 +35,7 @@ class MetricDef:
         if self.type is MetricType.HISTOGRAM:
             return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
         if self.type is MetricType.COUNTER:
-            return (f"{self.name}_total", f"{self.name}_created")
+            return (f"{self.name}_total",)
         return (self.name,)
 
 

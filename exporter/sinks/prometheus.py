@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
 from exporter import metricdefs as md
 from exporter.events import UsageEvent
@@ -14,6 +14,9 @@ from exporter.labels import LabelBounds
 
 def build_metrics(registry: CollectorRegistry) -> dict[str, Any]:
     """One prometheus_client collector per MetricDef, registered in `registry`."""
+    # `_created` series double every counter's series for a timestamp nobody graphs; Prometheus
+    # exporters commonly leave them out (a process-wide prometheus_client switch).
+    disable_created_metrics()
     out: dict[str, Any] = {}
     for m in md.METRICS:
         if m.type is md.MetricType.COUNTER:
