@@ -15,7 +15,7 @@ else:  # mitmproxy depends on the backport below 3.14
     from backports import zstd
 
 MAX_LINE_BYTES = 4 * 1024 * 1024
-MAX_DECODED_BYTES = 256 * 1024 * 1024
+MAX_DECODED_BYTES = 32 * 1024 * 1024  # a long agent answer is well under 1 MiB
 
 
 class DecodeError(Exception):
@@ -31,28 +31,38 @@ class SSEEvent:
 
 
 class _Decompressor(Protocol):
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        """At most about `limit` bytes of output; more than that means the body is over the cap."""
+        ...
 
 
 class _Identity:
-    def decompress(self, data: bytes) -> bytes:
+    def decompress(self, data: bytes, limit: int) -> bytes:
         return data
+
+
+class _Zlib:
+    def __init__(self, wbits: int) -> None:
+        self._d = zlib.decompressobj(wbits)
+
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        return self._d.decompress(data, limit)
 
 
 class _Brotli:
     def __init__(self) -> None:
         self._d = brotli.Decompressor()
 
-    def decompress(self, data: bytes) -> bytes:
-        return bytes(self._d.process(data))
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        return bytes(self._d.process(data, output_buffer_limit=limit))
 
 
 class _Zstd:
     def __init__(self) -> None:
         self._d = zstd.ZstdDecompressor()
 
-    def decompress(self, data: bytes) -> bytes:
-        return bytes(self._d.decompress(data))
+    def decompress(self, data: bytes, limit: int) -> bytes:
+        return bytes(self._d.decompress(data, limit))
 
 
 def _decompressor(encoding: str) -> _Decompressor:
@@ -60,9 +70,9 @@ def _decompressor(encoding: str) -> _Decompressor:
     if encoding in ("", "identity", "none"):
         return _Identity()
     if encoding in ("gzip", "x-gzip"):
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+        return _Zlib(16 + zlib.MAX_WBITS)
     if encoding == "deflate":
-        return zlib.decompressobj()
+        return _Zlib(zlib.MAX_WBITS)
     if encoding == "br":
         return _Brotli()
     if encoding == "zstd":
@@ -71,7 +81,7 @@ def _decompressor(encoding: str) -> _Decompressor:
 
 
 class BodyDecoder:
-    """Incrementally undoes Content-Encoding, capping the decoded size (gzip bombs)."""
+    """Incrementally undoes Content-Encoding; never expands past the cap (gzip bombs)."""
 
     def __init__(self, content_encoding: str | None, max_bytes: int = MAX_DECODED_BYTES) -> None:
         self._steps = [_decompressor(e) for e in reversed((content_encoding or "").split(",")) if e.strip()]
@@ -79,9 +89,12 @@ class BodyDecoder:
         self.decoded_bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        budget = self._max - self.decoded_bytes + 1
         try:
             for step in self._steps:
-                chunk = step.decompress(chunk)
+                chunk = step.decompress(chunk, budget)
+                if len(chunk) >= budget:
+                    raise DecodeError(f"decoded body over {self._max} bytes")
         except (zlib.error, brotli.error, zstd.ZstdError, EOFError) as e:
             raise DecodeError(f"corrupt compressed body: {e}") from e
         self.decoded_bytes += len(chunk)
