@@ -31,6 +31,8 @@ from tests import samples
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ADDON = REPO_ROOT / "exporter" / "addon.py"
 MITMDUMP = Path(sys.executable).parent / "mitmdump"
+# The project's console script (`copilot-proxy-insight`): mitmdump with the addon already loaded.
+CONSOLE_SCRIPT = Path(sys.executable).parent / "copilot-proxy-insight"
 
 # Headers a client library sets itself; `send` never copies them from a sample.
 _SKIP_REQUEST_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
@@ -94,6 +96,8 @@ class Mitmdump:
     for regular mode. `addon` defaults to exporter/addon.py; None runs bare mitmdump. `options` become
     `--set k=v` (a `copilot_metrics_port` other than 0 also gates readiness on /metrics answering 200).
     Logs (stdout+stderr) go to `<tmp_dir>/mitmdump.log`; mitmproxy's CA is `<tmp_dir>/conf/...`.
+    `executable` replaces mitmdump (e.g. `CONSOLE_SCRIPT`, with `addon=None`); `cwd` defaults to the
+    checkout; `repo_on_path=False` leaves the checkout off PYTHONPATH (the installed package is used).
     """
 
     def __init__(
@@ -109,6 +113,9 @@ class Mitmdump:
         start_timeout: float = 30.0,
         stop_timeout: float = 15.0,
         env: Mapping[str, str] | None = None,
+        executable: str | os.PathLike[str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        repo_on_path: bool = True,
     ) -> None:
         self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
         if tmp_dir is None:
@@ -126,6 +133,9 @@ class Mitmdump:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.env = dict(env or {})
+        self.executable = Path(executable) if executable is not None else MITMDUMP
+        self.cwd = Path(cwd) if cwd is not None else REPO_ROOT
+        self.repo_on_path = repo_on_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self._log_file: Any = None
@@ -161,7 +171,7 @@ class Mitmdump:
 
     def command(self) -> list[str]:
         """The mitmdump command line."""
-        cmd = [str(MITMDUMP), "--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
+        cmd = [str(self.executable), "--listen-host", "127.0.0.1", "--listen-port", str(self.port)]
         if self.upstream is not None:
             cmd += ["--mode", f"upstream:http://127.0.0.1:{self.upstream.port}"]
             cmd += ["--set", f"ssl_verify_upstream_trusted_ca={self.upstream.ca_cert_path}"]
@@ -196,7 +206,8 @@ class Mitmdump:
             raise RuntimeError("already started")
         self.confdir.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k.lower() not in _PROXY_ENV}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        if self.repo_on_path:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.env)
         self._log_file = self.log_path.open("ab")
@@ -205,7 +216,7 @@ class Mitmdump:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
             env=env,
         )
         try:
