@@ -36,7 +36,7 @@ from exporter.classify import (
 )
 from exporter.counting import Call, Counter
 from exporter.events import UsageEvent
-from exporter.identity import UNKNOWN_CLIENT, ClientIdentity, clean, identify, proxy_user
+from exporter.identity import UNKNOWN_CLIENT, ClientIdentity, clean, identify, proxy_user, pseudonym
 from exporter.labels import LabelBounds
 from exporter.sinks.daily import DailySink
 from exporter.sinks.jsonlog import MODES as LOG_MODES
@@ -53,6 +53,27 @@ INTERCEPT_MODES = ("copilot", "all")
 MAX_JSON_RESPONSE = 8 * 1024 * 1024
 MAX_RECORDED_EVENTS = 5000
 _JOIN_CACHE = 10_000
+
+
+def _secret_value(value: str, option: str) -> str:
+    """An option value, or the first line of the file it names with '@path'."""
+    if not value.startswith("@"):
+        return value
+    try:
+        with open(value[1:], encoding="utf-8") as f:
+            return f.readline().strip()
+    except OSError as e:
+        raise exceptions.OptionsError(f"{option}: cannot read {value[1:]}: {e.strerror}") from e
+
+
+def _credentials(value: str) -> tuple[str, str] | None:
+    secret = _secret_value(value, "copilot_metrics_auth")
+    if not secret:
+        return None
+    user, sep, password = secret.partition(":")
+    if not sep or not user or not password:
+        raise exceptions.OptionsError("copilot_metrics_auth must be user:password (or @file holding it)")
+    return user, password
 
 
 class _LRU(OrderedDict[str, ClientIdentity]):
@@ -158,6 +179,8 @@ class CopilotInsight:
         self._capture = False
         self._log_skipped = True
         self._record_max = 1_000_000
+        self._metrics_auth: tuple[str, str] | None = None
+        self._pseudonym_key = ""
         self._running = False
         self.prometheus.build_info(__version__, mitmproxy_version.VERSION)
 
@@ -244,6 +267,35 @@ class CopilotInsight:
             100,
             "Most distinct model label values in /metrics; later models are counted as 'other'.",
         )
+        loader.add_option(
+            "copilot_max_series",
+            int,
+            10_000,
+            "Most label sets in /metrics; past it, the user, editor, language and model values of new series are "
+            "folded into 'other' (counted in copilot_label_overflows_total{label=series}).",
+        )
+        loader.add_option(
+            "copilot_metrics_auth",
+            str,
+            "",
+            "Require HTTP basic auth on /metrics: 'user:password', or '@/path/to/file' holding user:password "
+            "(keeps the password off the command line). /healthz stays open.",
+        )
+        loader.add_option(
+            "copilot_metrics_certfile",
+            str,
+            "",
+            "Serve /metrics over TLS with this PEM certificate (chain); its key is copilot_metrics_keyfile, or in "
+            "the same file.",
+        )
+        loader.add_option("copilot_metrics_keyfile", str, "", "PEM private key for copilot_metrics_certfile.")
+        loader.add_option(
+            "copilot_pseudonym_key",
+            str,
+            "",
+            "When set, users appear everywhere (metrics, logs, summaries, recordings) as u-<keyed hash> instead "
+            "of their names; '@/path/to/file' reads the key from a file. Keep the key to map ids back.",
+        )
         loader.add_option("copilot_flush_interval", float, 5.0, "Seconds between writes of the daily summary file.")
 
     def configure(self, updated: set[str]) -> None:
@@ -262,6 +314,15 @@ class CopilotInsight:
                 raise exceptions.OptionsError(f"copilot_hosts: invalid regex: {e}") from e
         if "copilot_data_dir" in updated and not o.copilot_data_dir.strip():
             raise exceptions.OptionsError("copilot_data_dir must not be empty")
+        if "copilot_max_series" in updated and o.copilot_max_series < 100:
+            raise exceptions.OptionsError("copilot_max_series must be at least 100")
+        if updated & {"copilot_metrics_auth"}:
+            self._metrics_auth = _credentials(o.copilot_metrics_auth)
+        if "copilot_pseudonym_key" in updated:
+            self._pseudonym_key = _secret_value(o.copilot_pseudonym_key, "copilot_pseudonym_key")
+        if o.copilot_metrics_keyfile and not o.copilot_metrics_certfile:
+            raise exceptions.OptionsError("copilot_metrics_keyfile needs copilot_metrics_certfile")
+        self.prometheus.max_series = o.copilot_max_series
         self._intercept_all = o.copilot_intercept == "all"
         self._capture = o.copilot_capture_content
         self._log_skipped = o.copilot_log_skipped
@@ -271,7 +332,14 @@ class CopilotInsight:
         sink_options = {"copilot_data_dir", "copilot_log_json", "copilot_record", "copilot_record_telemetry"}
         if self.jsonlog is None or updated & sink_options:
             self._build_sinks(Path(o.copilot_data_dir))
-        if self._running and updated & {"copilot_metrics_host", "copilot_metrics_port"}:
+        metrics_options = {
+            "copilot_metrics_host",
+            "copilot_metrics_port",
+            "copilot_metrics_auth",
+            "copilot_metrics_certfile",
+            "copilot_metrics_keyfile",
+        }
+        if self._running and updated & metrics_options:
             self._start_metrics_server()
 
     def _build_sinks(self, data_dir: Path) -> None:
@@ -303,7 +371,13 @@ class CopilotInsight:
         if o.copilot_metrics_port == 0:
             return
         try:
-            self.prometheus.start_server(o.copilot_metrics_host, o.copilot_metrics_port)
+            self.prometheus.start_server(
+                o.copilot_metrics_host,
+                o.copilot_metrics_port,
+                basic_auth=self._metrics_auth,
+                certfile=o.copilot_metrics_certfile or None,
+                keyfile=o.copilot_metrics_keyfile or None,
+            )
         except OSError as e:
             self.errors.failed(
                 "metrics_server", f"cannot serve /metrics on {o.copilot_metrics_host}:{o.copilot_metrics_port}: {e}"
@@ -346,7 +420,8 @@ class CopilotInsight:
             known = self._conn_users.get(flow.client_conn.id)
             if known is not None:
                 return known
-        return proxy_user(authenticated, flow.request.headers.get("proxy-authorization"))
+        user = proxy_user(authenticated, flow.request.headers.get("proxy-authorization"))
+        return pseudonym(user, self._pseudonym_key) if self._pseudonym_key else user
 
     def _client(self, flow: http.HTTPFlow, user: str, interaction_id: str | None) -> ClientIdentity:
         """The editor of a request; requests without Editor-Version borrow it from their connection,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,6 +75,13 @@ def user_from_proxy_authorization(value: str | None) -> str | None:
 def proxy_user(authenticated_user: str | None, proxy_authorization: str | None) -> str:
     """The user of a flow: proxyauth's verified user, else a Proxy-Authorization sent anyway, else anonymous."""
     return clean(authenticated_user) or user_from_proxy_authorization(proxy_authorization) or ANONYMOUS
+
+
+def pseudonym(user: str, key: str) -> str:
+    """A stable pseudonymous user id (keyed HMAC-SHA256): the same user always maps to the same id,
+    and without the key nobody can tell who it is."""
+    digest = hmac.new(key.encode(), user.encode(), hashlib.sha256).hexdigest()
+    return f"u-{digest[:16]}"
 
 
 @dataclass(frozen=True, slots=True)

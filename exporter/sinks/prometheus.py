@@ -2,14 +2,56 @@
 
 from __future__ import annotations
 
+import base64
+import hmac
+import socket
+import ssl
 import threading
+from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer, _SilentHandler
 
 from exporter import metricdefs as md
 from exporter.events import UsageEvent
-from exporter.labels import LabelBounds
+from exporter.labels import OTHER, LabelBounds
+
+# Labels whose values come from the network; these fold into `other` once the series cap is reached.
+FOLDABLE = frozenset({"user", "editor", "language", "model", "editor_version", "plugin", "plugin_version"})
+_Environ = dict[str, Any]
+_StartResponse = Callable[..., Any]
+_App = Callable[[_Environ, _StartResponse], Iterable[bytes]]
+
+
+def basic_auth_app(app: _App, user: str, password: str) -> _App:
+    """Wraps a WSGI app with HTTP basic auth (constant-time compare); /healthz stays open for probes."""
+    expected = base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def guarded(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            return app(environ, start_response)
+        scheme, _, value = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() == "basic" and hmac.compare_digest(value.strip().encode(), expected.encode()):
+            return app(environ, start_response)
+        start_response(
+            "401 Unauthorized",
+            [("WWW-Authenticate", 'Basic realm="copilot-proxy-insight"'), ("Content-Type", "text/plain")],
+        )
+        return [b"authentication required\n"]
+
+    return guarded
+
+
+def _with_healthz(app: _App) -> _App:
+    def routed(environ: _Environ, start_response: _StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == "/healthz":
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        return app(environ, start_response)
+
+    return routed
 
 
 def build_metrics(registry: CollectorRegistry) -> dict[str, Any]:
@@ -29,10 +71,15 @@ def build_metrics(registry: CollectorRegistry) -> dict[str, Any]:
 
 
 class PrometheusSink:
-    def __init__(self, bounds: LabelBounds, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, bounds: LabelBounds, registry: CollectorRegistry | None = None, max_series: int = 10_000
+    ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.bounds = bounds
+        self.max_series = max_series
         self._m = build_metrics(self.registry)
+        self._fold = {m.name: tuple(label in FOLDABLE for label in m.labels) for m in md.METRICS}
+        self._series: set[tuple[str, ...]] = set()
         self._clients: set[tuple[str, ...]] = set()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -40,27 +87,39 @@ class PrometheusSink:
     # -- events ---------------------------------------------------------------------------------
 
     def handle(self, event: UsageEvent, detail: object = None) -> None:
-        m = self._m
+        c = self._child
         b = self.bounds
         kind = event.kind
         user = b.capped("user", event.user)
         code = str(event.status) if event.status is not None else "error"
-        m[md.RESPONSES.name].labels(kind, code).inc()
+        c(md.RESPONSES, kind, code).inc()
         if event.duration_s is not None:
-            m[md.REQUEST_DURATION.name].labels(kind).observe(event.duration_s)
+            c(md.REQUEST_DURATION, kind).observe(event.duration_s)
         if event.ttft_s is not None:
-            m[md.TIME_TO_FIRST_TOKEN.name].labels(kind).observe(event.ttft_s)
+            c(md.TIME_TO_FIRST_TOKEN, kind).observe(event.ttft_s)
         if event.counted:
-            m[md.REQUESTS.name].labels(user, event.editor, event.language, kind).inc()
+            c(md.REQUESTS, user, event.editor, event.language, kind).inc()
         else:
-            m[md.SKIPPED.name].labels(kind, event.skip_reason or "unknown").inc()
+            c(md.SKIPPED, kind, event.skip_reason or "unknown").inc()
         if event.model_call:
             model = b.capped("model", event.model)
-            m[md.MODEL_CALLS.name].labels(user, kind, model, event.initiator).inc()
+            c(md.MODEL_CALLS, user, kind, model, event.initiator).inc()
             if event.input_tokens:
-                m[md.TOKENS.name].labels(user, kind, model, "input").inc(event.input_tokens)
+                c(md.TOKENS, user, kind, model, "input").inc(event.input_tokens)
             if event.output_tokens:
-                m[md.TOKENS.name].labels(user, kind, model, "output").inc(event.output_tokens)
+                c(md.TOKENS, user, kind, model, "output").inc(event.output_tokens)
+
+    def _child(self, metric: md.MetricDef, *values: str) -> Any:
+        """The labelled child, folding network-derived values into `other` once the series cap is hit."""
+        key = (metric.name, *values)
+        if key not in self._series:
+            if len(self._series) >= self.max_series:
+                fold = self._fold[metric.name]
+                values = tuple(OTHER if f else v for f, v in zip(fold, values, strict=True))
+                key = (metric.name, *values)
+                self.label_overflow("series")
+            self._series.add(key)
+        return self._m[metric.name].labels(*values)
 
     def client_seen(
         self, user: str, editor: str, editor_version: str | None, plugin: str | None, plugin_version: str | None
@@ -70,9 +129,10 @@ class PrometheusSink:
             return
         self._clients.add(key)
         b = self.bounds
-        self._m[md.CLIENT_INFO.name].labels(
+        self._child(
+            md.CLIENT_INFO,
             b.capped("user", user),
-            editor,
+            b.editor(editor),
             b.capped("editor_version", editor_version),
             b.capped("plugin", plugin),
             b.capped("plugin_version", plugin_version),
@@ -82,7 +142,7 @@ class PrometheusSink:
         self._m[md.PROXY_AUTH_FAILURES.name].inc()
 
     def exporter_error(self, component: str) -> None:
-        self._m[md.EXPORTER_ERRORS.name].labels(component).inc()
+        self._m[md.EXPORTER_ERRORS.name].labels(component).inc()  # bounded: component names are ours
 
     def label_overflow(self, label: str) -> None:
         self._m[md.LABEL_OVERFLOWS.name].labels(label).inc()
@@ -92,10 +152,38 @@ class PrometheusSink:
 
     # -- HTTP server ----------------------------------------------------------------------------
 
-    def start_server(self, host: str, port: int) -> None:
-        """Serves /metrics from a thread; raises OSError when the port cannot be bound."""
+    def start_server(
+        self,
+        host: str,
+        port: int,
+        basic_auth: tuple[str, str] | None = None,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+    ) -> None:
+        """Serves /metrics (and an open /healthz) from a thread, optionally with basic auth and TLS.
+
+        Raises OSError when the port cannot be bound and ssl.SSLError for a bad certificate or key."""
         self.stop_server()
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        app: _App = _with_healthz(make_wsgi_app(self.registry))
+        if basic_auth is not None:
+            app = basic_auth_app(app, *basic_auth)
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket_family(host)
+
+        httpd = make_server(host, port, app, Server, handler_class=_SilentHandler)
+        if certfile:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            try:
+                context.load_cert_chain(certfile, keyfile or None)
+            except BaseException:
+                httpd.server_close()
+                raise
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+        thread = threading.Thread(target=httpd.serve_forever, name="copilot-proxy-insight-metrics", daemon=True)
+        thread.start()
+        self._server, self._thread = httpd, thread
 
     @property
     def server_port(self) -> int | None:
@@ -109,3 +197,7 @@ class PrometheusSink:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+
+
+def socket_family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
