@@ -66,6 +66,16 @@ def _secret_value(value: str, option: str) -> str:
         raise exceptions.OptionsError(f"{option}: cannot read {value[1:]}: {e.strerror}") from e
 
 
+def _seconds(value: str | float, option: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise exceptions.OptionsError(f"{option} must be a number of seconds, not {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise exceptions.OptionsError(f"{option} must be a positive number of seconds")
+    return seconds
+
+
 def _credentials(value: str) -> tuple[str, str] | None:
     secret = _secret_value(value, "copilot_metrics_auth")
     if not secret:
@@ -296,14 +306,20 @@ class CopilotInsight:
             "When set, users appear everywhere (metrics, logs, summaries, recordings) as u-<keyed hash> instead "
             "of their names; '@/path/to/file' reads the key from a file. Keep the key to map ids back.",
         )
-        loader.add_option("copilot_flush_interval", float, 5.0, "Seconds between writes of the daily summary file.")
+        # A string: mitmproxy's --set cannot parse float options; configure() parses and checks it.
+        loader.add_option(
+            "copilot_flush_interval",
+            str,
+            "5",
+            "Seconds between writes of the daily summary file (fractions allowed, e.g. 0.5).",
+        )
 
     def configure(self, updated: set[str]) -> None:
         o = ctx.options
         if "copilot_metrics_port" in updated and not 0 <= o.copilot_metrics_port <= 65535:
             raise exceptions.OptionsError(f"copilot_metrics_port must be 0..65535, not {o.copilot_metrics_port}")
-        if "copilot_flush_interval" in updated and not o.copilot_flush_interval > 0:
-            raise exceptions.OptionsError("copilot_flush_interval must be a positive number of seconds")
+        if "copilot_flush_interval" in updated:
+            self.writer.set_interval(_seconds(o.copilot_flush_interval, "copilot_flush_interval"))
         for name in ("copilot_max_users", "copilot_max_models", "copilot_record_max_bytes"):
             if name in updated and getattr(o, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be at least 1")
@@ -328,7 +344,6 @@ class CopilotInsight:
         self._log_skipped = o.copilot_log_skipped
         self._record_max = o.copilot_record_max_bytes
         self.bounds.set_caps(max_users=o.copilot_max_users, max_models=o.copilot_max_models)
-        self.writer.set_interval(o.copilot_flush_interval)
         sink_options = {"copilot_data_dir", "copilot_log_json", "copilot_record", "copilot_record_telemetry"}
         if self.jsonlog is None or updated & sink_options:
             self._build_sinks(Path(o.copilot_data_dir))

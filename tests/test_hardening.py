@@ -144,3 +144,14 @@ def test_metrics_port_taken_is_counted_and_the_proxy_goes_on(tmp_path: Path) -> 
                 "copilot_requests_total", user="alice", editor="vscode", language="python", kind="completion"
             )
             addon.done()
+
+
+def test_flush_interval_is_parsed_and_checked(tmp_path: Path) -> None:
+    addon = CopilotInsight()
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, copilot_data_dir=str(tmp_path), copilot_metrics_port=0, copilot_flush_interval="0.25")
+        assert addon.writer._interval == 0.25
+        for bad in ("0", "-1", "soon", "inf", "nan"):
+            with pytest.raises(exceptions.OptionsError):
+                tctx.configure(addon, copilot_flush_interval=bad)
+        addon.done()
