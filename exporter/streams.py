@@ -24,6 +24,11 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
+def _items(value: Any) -> list[Any]:
+    """A JSON array, or nothing: a wrong type where an array belongs is ignored, never iterated."""
+    return value if isinstance(value, list) else []
+
+
 def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -118,7 +123,7 @@ class AnswerParser:
             return
         a.events += 1
         if self.shape is Shape.CHAT:
-            for choice in obj.get("choices") or ():
+            for choice in _items(obj.get("choices")):
                 if not isinstance(choice, dict):
                     continue
                 index = _int(choice.get("index")) or 0
@@ -127,7 +132,7 @@ class AnswerParser:
                     content = message.get("content")
                     if isinstance(content, str):
                         a.add_text(index, content)
-                    for call in message.get("tool_calls") or ():
+                    for call in _items(message.get("tool_calls")):
                         if isinstance(call, dict) and isinstance(call.get("function"), dict):
                             a.add_tool(call["function"].get("name"))
                 text = choice.get("text")
@@ -142,7 +147,7 @@ class AnswerParser:
         elif self.shape is Shape.RESPONSES:
             self._responses_final(obj)
         elif self.shape is Shape.MESSAGES:
-            for block in obj.get("content") or ():
+            for block in _items(obj.get("content")):
                 if isinstance(block, dict):
                     if block.get("type") == "text" and isinstance(block.get("text"), str):
                         a.add_text(0, block["text"])
@@ -207,7 +212,7 @@ class AnswerParser:
         self._model(obj.get("model"))
         if "error" in obj:
             self._error(obj)
-        for choice in obj.get("choices") or ():
+        for choice in _items(obj.get("choices")):
             if not isinstance(choice, dict):
                 continue
             index = _int(choice.get("index")) or 0
@@ -227,7 +232,7 @@ class AnswerParser:
         self._model(obj.get("model"))
         if "error" in obj:
             self._error(obj)
-        for choice in obj.get("choices") or ():
+        for choice in _items(obj.get("choices")):
             if not isinstance(choice, dict):
                 continue
             index = _int(choice.get("index")) or 0
@@ -239,7 +244,7 @@ class AnswerParser:
             if isinstance(text, str) and text:
                 a.add_text(index, text)
                 content = True
-            for call in delta.get("tool_calls") or ():
+            for call in _items(delta.get("tool_calls")):
                 if isinstance(call, dict):
                     fn = call.get("function")
                     if isinstance(fn, dict) and fn.get("name"):
@@ -302,13 +307,13 @@ class AnswerParser:
         if status:
             a.finish_reasons.setdefault(0, status)
         tools_seen = bool(a.tool_calls)
-        for item in resp.get("output") or ():
+        for item in _items(resp.get("output")):
             if not isinstance(item, dict):
                 continue
             if item.get("type") == "function_call" and not tools_seen:
                 a.add_tool(item.get("name"))
             elif item.get("type") == "message" and not streamed_text:
-                for part in item.get("content") or ():
+                for part in _items(item.get("content")):
                     if isinstance(part, dict) and part.get("type") == "output_text":
                         text = part.get("text")
                         if isinstance(text, str):

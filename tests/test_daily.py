@@ -194,3 +194,9 @@ def test_rebuild_from_log_lines() -> None:
         },
         "bob": {"chat_turns": 1, "completions_count": 0, "chat": {"Zed-0.205.3": 1}, "completions": {}},
     }
+
+
+def test_merge_ignores_wrong_types_inside_a_valid_document() -> None:
+    s = DaySummary(DAY)
+    s.merge({"usage": {"alice": {"chat": ["x"], "completions": {"vscode-1": ["y"], "zed-1": {"go": 2}}}, "bob": 3}})
+    assert (s.total_chat_turns, s.total_completions_count) == (0, 2)

@@ -66,10 +66,12 @@ class DaySummary:
         for user, entry in doc["usage"].items():
             if not isinstance(entry, dict):
                 continue
-            for key, count in (entry.get("chat") or {}).items():
+            chat = entry.get("chat")
+            for key, count in chat.items() if isinstance(chat, dict) else ():
                 if isinstance(count, int) and count > 0:
                     self.add(str(user), Kind.CHAT.value, str(key), "unknown", count)
-            for key, langs in (entry.get("completions") or {}).items():
+            completions = entry.get("completions")
+            for key, langs in completions.items() if isinstance(completions, dict) else ():
                 if not isinstance(langs, dict):
                     continue
                 for lang, count in langs.items():
