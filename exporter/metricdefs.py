@@ -22,7 +22,19 @@ class MetricDef:
     help: str
     unit: str = ""
     buckets: tuple[float, ...] = ()
-    otel_name: str = ""
+    otel_name: str = ""  # the OpenTelemetry instrument name; empty: Prometheus only
+    # OpenTelemetry: one attribute name per Prometheus label (same order), attributes beyond the
+    # labels (GenAI semantic conventions), the instrument when it differs (token usage is a counter in
+    # Prometheus and a histogram in OTel), the UCUM unit, and buckets when they differ from `buckets`.
+    otel_attributes: tuple[str, ...] = ()
+    otel_extra_attributes: tuple[str, ...] = ()
+    otel_type: MetricType | None = None
+    otel_unit: str = ""
+    otel_buckets: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.otel_name and len(self.otel_attributes) != len(self.labels):
+            raise ValueError(f"{self.name}: otel_attributes must name one attribute per label")
 
     @property
     def exposed_name(self) -> str:
@@ -37,6 +49,20 @@ class MetricDef:
         if self.type is MetricType.COUNTER:
             return (f"{self.name}_total",)
         return (self.name,)
+
+    @property
+    def otel_instrument(self) -> MetricType:
+        """The OpenTelemetry instrument type (the Prometheus type unless `otel_type` says otherwise)."""
+        return self.otel_type if self.otel_type is not None else self.type
+
+    @property
+    def otel_bucket_bounds(self) -> tuple[float, ...]:
+        return self.otel_buckets or self.buckets
+
+    @property
+    def otel_attribute_map(self) -> dict[str, str]:
+        """Prometheus label -> OpenTelemetry attribute name."""
+        return dict(zip(self.labels, self.otel_attributes, strict=True))
 
 
 # Request durations range from ~50 ms (a cached completion) to several minutes (a long agent step
@@ -78,6 +104,13 @@ TTFT_BUCKETS: tuple[float, ...] = (
     120.0,
 )
 
+# Token counts per call (OTel gen_ai.client.token.usage histogram): the GenAI semantic conventions'
+# buckets, powers of 4 from 1 to 67,108,864 tokens.
+TOKEN_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(14))
+
+# OpenTelemetry attribute names shared by several metrics.
+_GEN_AI = ("gen_ai.operation.name", "gen_ai.provider.name")
+
 REQUESTS = MetricDef(
     "copilot_requests",
     MetricType.COUNTER,
@@ -85,6 +118,8 @@ REQUESTS = MetricDef(
     "Counted Copilot interactions: served non-speculative completions, user chat turns (once per "
     "interaction id) and next-edit suggestions.",
     otel_name="copilot.requests",
+    otel_attributes=("enduser.id", "copilot.editor", "copilot.language", "copilot.kind"),
+    otel_unit="{request}",
 )
 MODEL_CALLS = MetricDef(
     "copilot_model_calls",
@@ -92,6 +127,9 @@ MODEL_CALLS = MetricDef(
     ("user", "kind", "model", "initiator"),
     "Every upstream model call, tool-loop steps and speculative prefetches included.",
     otel_name="copilot.model_calls",
+    otel_attributes=("enduser.id", "copilot.kind", "gen_ai.request.model", "copilot.initiator"),
+    otel_extra_attributes=_GEN_AI,
+    otel_unit="{call}",
 )
 TOKENS = MetricDef(
     "copilot_tokens",
@@ -99,7 +137,12 @@ TOKENS = MetricDef(
     ("user", "kind", "model", "type"),
     "Tokens reported by the response usage, by type (input or output).",
     unit="tokens",
-    otel_name="copilot.tokens",
+    otel_name="gen_ai.client.token.usage",
+    otel_attributes=("enduser.id", "copilot.kind", "gen_ai.request.model", "gen_ai.token.type"),
+    otel_extra_attributes=(*_GEN_AI, "server.address"),
+    otel_type=MetricType.HISTOGRAM,
+    otel_unit="{token}",
+    otel_buckets=TOKEN_BUCKETS,
 )
 REQUEST_DURATION = MetricDef(
     "copilot_request_duration_seconds",
@@ -109,6 +152,9 @@ REQUEST_DURATION = MetricDef(
     unit="seconds",
     buckets=DURATION_BUCKETS,
     otel_name="gen_ai.client.operation.duration",
+    otel_attributes=("copilot.kind",),
+    otel_extra_attributes=(*_GEN_AI, "gen_ai.request.model", "server.address", "error.type"),
+    otel_unit="s",
 )
 TIME_TO_FIRST_TOKEN = MetricDef(
     "copilot_time_to_first_token_seconds",
@@ -117,7 +163,10 @@ TIME_TO_FIRST_TOKEN = MetricDef(
     "Time from the start of a streamed Copilot request to its first event with content.",
     unit="seconds",
     buckets=TTFT_BUCKETS,
-    otel_name="gen_ai.client.time_to_first_chunk",
+    otel_name="gen_ai.client.operation.time_to_first_chunk",
+    otel_attributes=("copilot.kind",),
+    otel_extra_attributes=(*_GEN_AI, "gen_ai.request.model", "server.address"),
+    otel_unit="s",
 )
 RESPONSES = MetricDef(
     "copilot_responses",
@@ -126,6 +175,9 @@ RESPONSES = MetricDef(
     "Upstream HTTP responses per kind and status code (429 rate limited, 402 quota exhausted, 5xx); "
     "code is 'error' when the request failed without a response.",
     otel_name="copilot.responses",
+    otel_attributes=("copilot.kind", "http.response.status_code"),
+    otel_extra_attributes=("error.type",),
+    otel_unit="{response}",
 )
 SKIPPED = MetricDef(
     "copilot_skipped_requests",
@@ -134,6 +186,8 @@ SKIPPED = MetricDef(
     "Copilot requests not counted as interactions, by reason (speculative, empty completion, agent "
     "step, auxiliary call, retry duplicate, ...).",
     otel_name="copilot.skipped_requests",
+    otel_attributes=("copilot.kind", "copilot.skip_reason"),
+    otel_unit="{request}",
 )
 PROXY_AUTH_FAILURES = MetricDef(
     "copilot_proxy_auth_failures",
@@ -141,6 +195,7 @@ PROXY_AUTH_FAILURES = MetricDef(
     (),
     "Requests answered with 407 Proxy Authentication Required.",
     otel_name="copilot.proxy_auth_failures",
+    otel_unit="{request}",
 )
 CLIENT_INFO = MetricDef(
     "copilot_client_info",
@@ -154,6 +209,8 @@ EXPORTER_ERRORS = MetricDef(
     ("component",),
     "Internal failures of the exporter by component (a sink, the parser, the metrics server). Traffic still passes.",
     otel_name="copilot.exporter_errors",
+    otel_attributes=("copilot.component",),
+    otel_unit="{error}",
 )
 LABEL_OVERFLOWS = MetricDef(
     "copilot_label_overflows",
@@ -161,6 +218,8 @@ LABEL_OVERFLOWS = MetricDef(
     ("label",),
     "Label values folded into 'other' because they were outside the bounded set or over the cap.",
     otel_name="copilot.label_overflows",
+    otel_attributes=("copilot.label",),
+    otel_unit="{value}",
 )
 BUILD_INFO = MetricDef(
     "copilot_exporter_build_info",
