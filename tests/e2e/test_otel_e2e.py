@@ -17,6 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from exporter import __version__
+from exporter import metricdefs as md
 from exporter.events import UsageEvent
 from exporter.identity import pseudonym
 from exporter.sinks import otel
@@ -213,8 +214,12 @@ def test_metrics_and_spans_reach_an_otlp_http_collector(
         }
     ]
     assert [(p.count, p.sum) for p in agent_input] == [(2, 9120 + 9190)]
+    assert tuple(agent_input[0].explicit_bounds) == md.TOKEN_BUCKETS  # each histogram keeps its own buckets
     durations = metrics["gen_ai.client.operation.duration"]
     assert {u for u, _, _ in durations} == {"s"}
+    assert {tuple(p.explicit_bounds) for _, _, p in durations} == {md.DURATION_BUCKETS}
+    ttft = metrics["gen_ai.client.operation.time_to_first_chunk"]
+    assert {tuple(p.explicit_bounds) for _, _, p in ttft} == {md.TTFT_BUCKETS}
     assert sum(p.count for _, _, p in durations) == 12
     requests = {tuple(sorted(_attrs(p.attributes).items())): p.as_int for _, _, p in metrics["copilot.requests"]}
     assert (
