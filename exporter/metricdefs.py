@@ -179,6 +179,16 @@ RESPONSES = MetricDef(
     otel_extra_attributes=("error.type",),
     otel_unit="{response}",
 )
+USER_ERRORS = MetricDef(
+    "copilot_user_errors",
+    MetricType.COUNTER,
+    ("user", "kind", "code"),
+    "Failed Copilot calls per user: upstream answers of 400 and above (429 rate limited, 402 quota "
+    "exhausted, 5xx) and calls without an answer (code 'error').",
+    otel_name="copilot.user_errors",
+    otel_attributes=("enduser.id", "copilot.kind", "http.response.status_code"),
+    otel_unit="{call}",
+)
 SKIPPED = MetricDef(
     "copilot_skipped_requests",
     MetricType.COUNTER,
@@ -235,6 +245,7 @@ METRICS: tuple[MetricDef, ...] = (
     REQUEST_DURATION,
     TIME_TO_FIRST_TOKEN,
     RESPONSES,
+    USER_ERRORS,
     SKIPPED,
     PROXY_AUTH_FAILURES,
     CLIENT_INFO,

@@ -119,3 +119,16 @@ def test_taken_port_raises_oserror() -> None:
             _sink().start_server("127.0.0.1", first.server_port or 0)
     finally:
         first.stop_server()
+
+
+def test_failed_calls_are_counted_per_user() -> None:
+    sink = _sink()
+    sink.handle(chat(status=429, counted=False, skip_reason="http_error"))
+    sink.handle(chat(user="bob", status=402, counted=False, skip_reason="http_error"))
+    sink.handle(chat(user="bob", status=None, counted=False, skip_reason="no_response"))
+    sink.handle(chat(user="bob", status=200))
+    g = sink.registry.get_sample_value
+    assert g("copilot_user_errors_total", {"user": "alice", "kind": "chat_agent", "code": "429"}) == 1
+    assert g("copilot_user_errors_total", {"user": "bob", "kind": "chat_agent", "code": "402"}) == 1
+    assert g("copilot_user_errors_total", {"user": "bob", "kind": "chat_agent", "code": "error"}) == 1
+    assert g("copilot_user_errors_total", {"user": "bob", "kind": "chat_agent", "code": "200"}) is None

@@ -328,6 +328,8 @@ class OtelSink:
             if event.ttft_s is not None:
                 self._record(md.TIME_TO_FIRST_TOKEN, event.ttft_s, (kind,), genai)
         user = self._user(self.bounds.capped("user", event.user))
+        if event.status is None or event.status >= 400:
+            self._record(md.USER_ERRORS, 1, (user, kind, event.status))
         if event.counted:
             self._record(md.REQUESTS, 1, (user, event.editor, event.language, kind))
         else:

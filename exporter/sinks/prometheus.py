@@ -97,6 +97,8 @@ class PrometheusSink:
             c(md.REQUEST_DURATION, kind).observe(event.duration_s)
         if event.ttft_s is not None:
             c(md.TIME_TO_FIRST_TOKEN, kind).observe(event.ttft_s)
+        if event.status is None or event.status >= 400:
+            c(md.USER_ERRORS, user, kind, code).inc()
         if event.counted:
             c(md.REQUESTS, user, event.editor, event.language, kind).inc()
         else:
