@@ -133,6 +133,7 @@ def test_table_rejects_a_missing_attribute_name() -> None:
 def test_every_otel_instrument_of_the_table_is_exported(o: Otel) -> None:
     o.sink.handle(event())
     o.sink.handle(event(counted=False, skip_reason="speculative"))
+    o.sink.handle(event(counted=False, skip_reason="http_error", status=429))
     o.sink.auth_failure()
     o.sink.exporter_error("jsonlog")
     small = make(max_users=1)
