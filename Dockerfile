@@ -11,7 +11,7 @@
 # mitmproxy CA (keep it: clients trust this CA, a new one means redistributing it to every client).
 #
 # Configuration: the COPILOT_* environment variables below (container layout, read by the entrypoint)
-# and mitmproxy `--set name=value` arguments (the command; the default asks every client for a proxy
+# and mitmproxy `--set <option>=<value>` arguments (the command; the default asks every client for a proxy
 # user so usage is attributed, e.g. replace it with `--set proxyauth=@/etc/copilot/htpasswd`).
 # docs/admin-guide.md lists every option.
 
