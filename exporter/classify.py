@@ -112,6 +112,7 @@ _ENDPOINT_ROLES: dict[str, HostRole] = {
     "telemetry": HostRole.TELEMETRY,
     "origin-tracker": HostRole.ORIGIN,
 }
+_ROLE_CACHE = 4096
 _HOSTNAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}\.)+[a-z0-9-]{1,63}$")
 
 
@@ -122,9 +123,21 @@ class HostTable:
         self._extra = tuple(re.compile(p, re.IGNORECASE) for p in extra_patterns)
         self._learned: OrderedDict[str, HostRole] = OrderedDict()
         self._max_learned = max_learned
+        self._cache: dict[str, HostRole | None] = {}
 
     def role(self, host: str) -> HostRole | None:
-        host = host.lower().rstrip(".")
+        """The role of a host (None: not Copilot). Answers are cached: every request asks."""
+        try:
+            return self._cache[host]
+        except KeyError:
+            pass
+        role = self._lookup(host.lower().rstrip("."))
+        if len(self._cache) >= _ROLE_CACHE:
+            self._cache.clear()
+        self._cache[host] = role
+        return role
+
+    def _lookup(self, host: str) -> HostRole | None:
         learned = self._learned.get(host)
         if learned is not None:
             return learned
@@ -161,6 +174,7 @@ class HostTable:
             if self.role(host) != role:
                 new.append(host)
             self._learned[host] = role
+            self._cache.clear()
             self._learned.move_to_end(host)
             while len(self._learned) > self._max_learned:
                 self._learned.popitem(last=False)

@@ -166,8 +166,11 @@ class DailySink:
                     self._days[day] = base
                     self._loaded.add(day)
             with self._lock:
-                text = self._days[day].to_json()
+                # The C encoder (no indent) is fast enough to hold the lock the event loop also takes;
+                # the indented rendering happens after it is released.
+                compact = json.dumps(self._days[day].to_doc(), ensure_ascii=False)
                 self._dirty.discard(day)
+            text = json.dumps(json.loads(compact), indent=4, ensure_ascii=False)
             try:
                 write_atomically(path, text)
             except OSError:
