@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,8 +181,18 @@ class _Live:
         self.wall_start = wall_start  # WebSocket calls: when their response.create frame arrived
 
 
-def _header(headers: http.Headers, name: str, limit: int = 128) -> str | None:
+def _header(headers: Mapping[str, str], name: str, limit: int = 128) -> str | None:
     return clean(headers.get(name), limit)
+
+
+def _header_map(headers: http.Headers) -> dict[str, str]:
+    """Lower-cased name -> first value, built in one pass: mitmproxy's Headers.get scans every field."""
+    out: dict[str, str] = {}
+    for name, value in headers.fields:
+        key = name.decode("ascii", "replace").lower()
+        if key not in out:
+            out[key] = value.decode("utf-8", "replace")
+    return out
 
 
 class CopilotInsight:
@@ -555,20 +565,23 @@ class CopilotInsight:
         if not host or not self.hosts.is_copilot(host):
             data.ignore_connection = True
 
-    def _flow_user(self, flow: http.HTTPFlow) -> str:
+    def _flow_user(self, flow: http.HTTPFlow, headers: Mapping[str, str] | None = None) -> str:
         auth = flow.metadata.get("proxyauth")
         authenticated = auth[0] if isinstance(auth, tuple) and auth else None
         if authenticated is None:
             known = self._conn_users.get(flow.client_conn.id)
             if known is not None:
                 return known
-        user = proxy_user(authenticated, flow.request.headers.get("proxy-authorization"))
+        h = headers if headers is not None else flow.request.headers
+        user = proxy_user(authenticated, h.get("proxy-authorization"))
         return pseudonym(user, self._pseudonym_key) if self._pseudonym_key else user
 
-    def _client(self, flow: http.HTTPFlow, user: str, interaction_id: str | None) -> ClientIdentity:
+    def _client(
+        self, flow: http.HTTPFlow, user: str, interaction_id: str | None, headers: Mapping[str, str]
+    ) -> ClientIdentity:
         """The editor of a request; requests without Editor-Version borrow it from their connection,
         their interaction, or the user's last identified request of the same editor."""
-        found = identify(flow.request.headers)
+        found = identify(headers)
         conn = flow.client_conn.id
         if found is not None and found.header_editor_version:
             self._conn_clients.put(conn, found)
@@ -605,17 +618,20 @@ class CopilotInsight:
             return
         req = flow.request
         r = route(role, req.method, req.path)
-        h = req.headers
-        user = self._flow_user(flow)
+        h = _header_map(req.headers)
+        user = self._flow_user(flow, h)
         interaction_id = _header(h, "x-interaction-id")
         initiator = (h.get("x-initiator") or "").strip().lower() or None
+        kind = r.kind
+        if kind is Kind.CHAT:
+            kind = chat_mode(h.get("openai-intent"), h.get("x-interaction-type"))
         self.flows[flow.id] = _Live(
             started=self.clock(),
             role=role,
-            kind=r.kind,
+            kind=kind,
             path_model=r.path_model,
             user=user,
-            client=self._client(flow, user, interaction_id),
+            client=self._client(flow, user, interaction_id, h),
             request_id=_header(h, "x-request-id"),
             interaction_id=interaction_id,
             initiator=initiator if initiator in ("user", "agent") else None,
@@ -633,10 +649,6 @@ class CopilotInsight:
             live.facts = parse_request(body, shape_for_path(flow.request.path), keep_parsed=keep)
             if live.kind is Kind.PROXY_CHAT_OTHER:
                 live.kind = refine_proxy_chat(live.facts.model)
-            elif live.kind is Kind.CHAT:
-                live.kind = chat_mode(
-                    flow.request.headers.get("openai-intent"), flow.request.headers.get("x-interaction-type")
-                )
         except Exception as e:
             self.errors.failed("parser", e)
 
@@ -889,8 +901,8 @@ class CopilotInsight:
                 return
             if frame_type != "response.create":
                 return
-            user = self._flow_user(flow)
-            h = flow.request.headers
+            h = _header_map(flow.request.headers)
+            user = self._flow_user(flow, h)
             interaction_id = _header(h, "x-interaction-id")
             calls.append(
                 _Live(
@@ -899,7 +911,7 @@ class CopilotInsight:
                     kind=Kind.CHAT_WS,
                     path_model=None,
                     user=user,
-                    client=self._client(flow, user, interaction_id),
+                    client=self._client(flow, user, interaction_id, h),
                     request_id=f"{_header(h, 'x-request-id') or flow.id}#{len(calls)}",
                     interaction_id=interaction_id,
                     initiator=facts.initiator,

@@ -48,6 +48,8 @@ def clean(value: str | None, limit: int = _MAX_VALUE) -> str | None:
     """A header-derived value safe to put in logs and files: no control characters, bounded length."""
     if value is None:
         return None
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")  # lone surrogates become '?'
     value = _CONTROL.sub("", value).strip()
     return value[:limit] or None
 

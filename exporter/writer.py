@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
 log = logging.getLogger("copilot_proxy_insight")
@@ -41,16 +41,32 @@ class ErrorReporter:
 
 
 class BackgroundWriter:
-    """Runs submitted jobs in order on one thread; runs periodic jobs every `interval` and at stop."""
+    """Runs submitted jobs in order on one thread, in batches; runs periodic jobs every `interval` and at stop.
 
-    def __init__(self, errors: ErrorReporter, interval: float = 5.0, max_pending: int = 200_000) -> None:
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+    Submitting does not wake the thread: waking a thread for every log line makes the submitting thread
+    (mitmproxy's event loop) wait for the GIL to come back, which costs far more than the write. The
+    thread wakes every `batch_seconds`, or at once when `wake_at` jobs are pending or on flush/stop.
+    """
+
+    def __init__(
+        self,
+        errors: ErrorReporter,
+        interval: float = 5.0,
+        max_pending: int = 200_000,
+        batch_seconds: float = 0.25,
+        wake_at: int = 2_000,
+    ) -> None:
+        self._pending: deque[Job] = deque()
+        self._wake = threading.Event()
         self._errors = errors
         self._interval = interval
+        self._batch_seconds = batch_seconds
+        self._wake_at = wake_at
         self._max_pending = max_pending
         self._periodic: dict[str, Job] = {}
         self._after_batch: dict[str, Job] = {}
         self._thread: threading.Thread | None = None
+        self._stopping = False
 
     def every_interval(self, component: str, job: Job) -> None:
         """Run `job` every interval and at stop; registering a component again replaces its job."""
@@ -65,6 +81,7 @@ class BackgroundWriter:
 
     def start(self) -> None:
         if self._thread is None:
+            self._stopping = False
             self._thread = threading.Thread(target=self._run, name="copilot-proxy-insight-writer", daemon=True)
             self._thread.start()
 
@@ -73,28 +90,36 @@ class BackgroundWriter:
         return self._thread is not None and self._thread.is_alive()
 
     def submit(self, component: str, job: Job) -> None:
-        if self._queue.qsize() >= self._max_pending:
+        """Queue a job (cheap: a deque append). Over `max_pending` queued jobs it is dropped and counted."""
+        pending = len(self._pending)
+        if pending >= self._max_pending:
             self._errors.failed(f"{component}_queue", "write queue full, dropping a write")
             return
-        self._queue.put(lambda: self._guard(component, job))
+        self._pending.append(lambda: self._guard(component, job))
+        if pending + 1 == self._wake_at:
+            self._wake.set()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far, and one round of periodic jobs, is done."""
         if not self.running:
-            self._drain_inline()
+            self._drain()
+            self._periodic_round()
             return True
         done = threading.Event()
-        self._queue.put(self._periodic_round)
-        self._queue.put(done.set)
+        self._pending.append(self._periodic_round)
+        self._pending.append(done.set)
+        self._wake.set()
         return done.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self._thread is None:
-            self._drain_inline()
-            return
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self._thread = None
+        """Drain everything, run a last periodic round, and end the thread."""
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join(timeout)
+            self._thread = None
+        self._drain()
+        self._periodic_round()
 
     def _guard(self, component: str, job: Job) -> None:
         try:
@@ -108,48 +133,25 @@ class BackgroundWriter:
         for component, job in list(self._periodic.items()):
             self._guard(component, job)
 
-    def _after(self) -> None:
-        for component, job in list(self._after_batch.items()):
-            self._guard(component, job)
-
-    def _drain_inline(self) -> None:
+    def _drain(self) -> None:
+        ran = False
         while True:
             try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
+                job = self._pending.popleft()
+            except IndexError:
                 break
-            if job is not None:
-                job()
-        self._after()
-        self._periodic_round()
+            job()
+            ran = True
+        if ran:
+            for component, job in list(self._after_batch.items()):
+                self._guard(component, job)
 
     def _run(self) -> None:
-        stopping = False
         last_round = time.monotonic()
-        while not stopping:
-            try:
-                job = self._queue.get(timeout=max(0.01, self._interval - (time.monotonic() - last_round)))
-            except queue.Empty:
-                self._periodic_round()
-                last_round = time.monotonic()
-                continue
-            batch = 0
-            while True:
-                if job is None:
-                    stopping = True
-                else:
-                    job()
-                    batch += 1
-                if stopping or batch >= 10_000:
-                    break
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-            self._after()
+        while not self._stopping:
+            self._wake.wait(self._batch_seconds)
+            self._wake.clear()
+            self._drain()
             if time.monotonic() - last_round >= self._interval:
                 self._periodic_round()
                 last_round = time.monotonic()
-            if stopping:
-                # Drain what arrived before the stop marker's turn, then the last periodic round.
-                self._drain_inline()

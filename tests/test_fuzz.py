@@ -182,7 +182,7 @@ def test_hooks_survive_mutated_streams(harness: Harness, ex: samples.Exchange, d
     before = len(harness.events)
     harness.flow(ex, chunks=(bytes(body[:cut]), bytes(body[cut:])), request_id=f"fz-{len(harness.events)}")
     assert len(harness.events) == before + 1  # one event, counted or skipped, never an exception
-    assert harness.sample("copilot_exporter_errors_total", component="addon") == 0
+    _no_exporter_errors(harness)
 
 
 @FUZZ
@@ -200,7 +200,34 @@ def test_hooks_survive_wrong_content_types_and_encodings(
     before = len(harness.events)
     harness.flow(mutated, chunks=(body,), request_id=f"ct-{len(harness.events)}")
     assert len(harness.events) == before + 1
-    assert harness.sample("copilot_exporter_errors_total", component="addon") == 0
+    _no_exporter_errors(harness)
+
+
+def _no_exporter_errors(harness: Harness) -> None:
+    """Nothing failed anywhere, the writes of the JSON log and the summary included."""
+    harness.flush()
+    for component in ("addon", "jsonlog", "daily", "recorder"):
+        assert harness.sample("copilot_exporter_errors_total", component=component) == 0, component
+
+
+@FUZZ
+@given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40))
+def test_odd_unicode_in_body_fields_reaches_every_output(harness: Harness, model: str, lang: str, iid: str) -> None:
+    """Lone surrogates (JSON \\ud800 escapes), control and non-BMP characters in fields that reach outputs."""
+    harness.tctx.configure(harness.addon, copilot_record=True, copilot_capture_content=True)
+    ex = samples.BY_NAME["vscode_completion"]
+    body = json.loads(ex.request_body)
+    body["extra"]["language"] = lang + "\ud800"
+    body["prompt"] = model + "\udfff"
+    completion = replace(ex, request_body=json.dumps(body, ensure_ascii=True).encode())
+    harness.flow(completion, request_id=f"u-{len(harness.events)}", headers={"x-interaction-id": iid + "\udcff"})
+    nes = samples.BY_NAME["vscode_next_edit"]
+    body = json.loads(nes.request_body)
+    body["model"] = "copilot-nes-" + model + "\ud800"
+    body["messages"][-1]["content"] = lang + "\udfff"
+    harness.flow(replace(nes, request_body=json.dumps(body).encode()), request_id=f"n-{len(harness.events)}")
+    assert "\ufffd" not in (harness.last().model or "")[:12]
+    _no_exporter_errors(harness)
 
 
 def test_gzip_bomb_stream_is_passed_through_and_not_expanded(harness: Harness) -> None:

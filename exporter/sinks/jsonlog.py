@@ -106,13 +106,14 @@ class JsonLogSink:
 
     def _write(self, day: str, line: str) -> None:
         if self._to_stdout:
-            self._stdout.write(line + "\n")
+            # A lone surrogate (from a JSON \\ud800 escape) must not make a line unwritable.
+            self._stdout.write((line + "\n").encode("utf-8", "replace").decode("utf-8"))
         if self._to_file:
             if self._file is None or self._file_day != day:
                 self._close()
                 path = log_path(self._dir, day)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open across batches)
+                self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open across batches)
                 self._file_day = day
             self._file.write(line + "\n")
 

@@ -110,4 +110,4 @@ class RecorderSink:
         name = f"{stamp}_{safe_path_part(event.request_id or 'no-request-id')}.json"
         path = self._dir / "usage" / safe_path_part(event.user) / safe_path_part(event.kind) / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=4, ensure_ascii=False, default=str), encoding="utf-8")
+        path.write_text(json.dumps(doc, indent=4, ensure_ascii=False, default=str), encoding="utf-8", errors="replace")
