@@ -108,3 +108,14 @@ def test_redact_value(value: str, masked: str) -> None:
 def test_unknown_mode_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         _sink(tmp_path, "syslog")
+
+
+def test_masking_the_rendered_line_keeps_it_valid_json(tmp_path: Path) -> None:
+    sink, writer, _ = _sink(tmp_path)
+    tricky = 'say "Bearer abc\\"def" then tid=0123456789abcdef\\n and gho_ABCDEFGHIJKLMNOPQRSTUVWXYZ"x'
+    sink.handle(event(error=tricky, prompt=tricky))
+    writer.flush()
+    line = log_path(tmp_path, "2026-11-24").read_text().strip()
+    rec = json.loads(line)
+    assert "abc" not in rec["error"] and "0123456789abcdef" not in rec["error"] and "gho_" not in rec["error"]
+    assert rec["error"].startswith('say "[REDACTED]')

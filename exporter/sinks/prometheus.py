@@ -79,7 +79,7 @@ class PrometheusSink:
         self.max_series = max_series
         self._m = build_metrics(self.registry)
         self._fold = {m.name: tuple(label in FOLDABLE for label in m.labels) for m in md.METRICS}
-        self._series: set[tuple[str, ...]] = set()
+        self._series: dict[tuple[str, ...], Any] = {}
         self._clients: set[tuple[str, ...]] = set()
         self._server: Any = None
         self._thread: threading.Thread | None = None
@@ -112,16 +112,22 @@ class PrometheusSink:
                 c(md.TOKENS, user, kind, model, "output").inc(event.output_tokens)
 
     def _child(self, metric: md.MetricDef, *values: str) -> Any:
-        """The labelled child, folding network-derived values into `other` once the series cap is hit."""
+        """The labelled child, folding network-derived values into `other` once the series cap is hit.
+
+        Children are cached by label values: prometheus_client's labels() validates and locks per call."""
         key = (metric.name, *values)
-        if key not in self._series:
+        child = self._series.get(key)
+        if child is None:
             if len(self._series) >= self.max_series:
                 fold = self._fold[metric.name]
                 values = tuple(OTHER if f else v for f, v in zip(fold, values, strict=True))
                 key = (metric.name, *values)
                 self.label_overflow("series")
-            self._series.add(key)
-        return self._m[metric.name].labels(*values)
+                child = self._series.get(key)
+            if child is None:
+                child = self._m[metric.name].labels(*values)
+                self._series[key] = child
+        return child
 
     def client_seen(
         self, user: str, editor: str, editor_version: str | None, plugin: str | None, plugin_version: str | None
