@@ -30,8 +30,10 @@ BUILTIN_SERIES = frozenset(
 )
 # Labels of the built-in series, and the labels Prometheus adds to every scraped series.
 BUILTIN_LABELS: dict[str, frozenset[str]] = {
-    "ALERTS": frozenset({"alertname", "alertstate", "severity", "kind", "code", "component", "job", "instance"}),
-    "ALERTS_FOR_STATE": frozenset({"alertname", "severity", "kind", "code", "component", "job", "instance"}),
+    "ALERTS": frozenset(
+        {"alertname", "alertstate", "severity", "kind", "code", "component", "job", "instance", "user"}
+    ),
+    "ALERTS_FOR_STATE": frozenset({"alertname", "severity", "kind", "code", "component", "job", "instance", "user"}),
 }
 TARGET_LABELS = frozenset({"job", "instance"})
 
@@ -323,6 +325,22 @@ def test_exporter_presence_alerts_select_the_scrape_job() -> None:
     assert exprs["CopilotExporterAbsent"] == f'absent(up{{job="{JOB}"}})'
     assert "hour()" in exprs["CopilotNoTraffic"] or "copilot:working_hours:active" in exprs["CopilotNoTraffic"]
     assert "day_of_week()" in recording_rules()["copilot:working_hours:active"]
+
+
+def test_per_user_alerts_name_the_user_and_watch_their_status_code() -> None:
+    """429 and 402 are alerted per user (copilot_user_errors_total), not only per kind."""
+    alerts = {rule["alert"]: rule for rule in alerting_rules()}
+    for name, code in (("CopilotUserRateLimited", "429"), ("CopilotUserQuotaExhausted", "402")):
+        rule = alerts[name]
+        expr = rule["expr"]
+        assert metric_names(expr) == {"copilot_user_errors_total"}, name
+        assert f'code="{code}"' in expr, name
+        assert re.search(r"\bsum by \(user\b", expr), f"{name}: one alert per user, across proxies and kinds"
+        assert "{{ $labels.user }}" in rule["annotations"]["description"], f"{name}: the description names the user"
+        assert rule["labels"]["severity"] != "critical", f"{name}: one user's problem does not page"
+        assert parse_duration(rule["for"]) >= 600, f"{name}: a sustained symptom, not a single refused call"
+    # The proxy-wide share per kind stays: many users throttled at once is a different symptom.
+    assert {"CopilotRateLimited", "CopilotQuotaExhausted"} <= set(alerts)
 
 
 # --------------------------------------------------------------------------------------------------
