@@ -189,40 +189,41 @@ class Route:
     path_model: str | None = None
 
 
+_RouteTable = tuple[tuple[str | None, re.Pattern[str], Kind], ...]
+
+
+def _routes(*rows: tuple[str | None, str, Kind]) -> _RouteTable:
+    """(method or None for any, path regex, kind) rows, compiled."""
+    return tuple((method, re.compile(pattern), kind) for method, pattern, kind in rows)
+
+
 _ENGINE_COMPLETIONS = re.compile(r"^/v1/engines/([^/]+)/completions$")
-_API_ROUTES: tuple[tuple[str | None, re.Pattern[str], Kind], ...] = tuple(
-    (method, re.compile(pattern), kind)
-    for method, pattern, kind in (
-        ("POST", r"^/chat/completions$", Kind.CHAT),
-        ("POST", r"^/responses$", Kind.CHAT),
-        ("GET", r"^/responses$", Kind.CHAT_WS),
-        ("POST", r"^/v1/messages$", Kind.CHAT),
-        ("POST", r"^/embeddings$", Kind.EMBEDDINGS),
-        ("GET", r"^/models$", Kind.MODEL_LIST),
-        ("POST", r"^/models/session(?:/intent)?$", Kind.AUTO_MODEL),
-        (None, r"^/auto$", Kind.AUTO_MODEL),
-        ("POST", r"^/models/[^/]+/policy$", Kind.MODEL_POLICY),
-        ("GET", r"^/models/[^/]+$", Kind.MODEL_INFO),
-        (None, r"^/agents/github-code-review(?:/.*)?$", Kind.CODE_REVIEW),
-        (None, r"^/agents/(?:swe|sessions)(?:/.*)?$", Kind.CODING_AGENT_MGMT),
-        (None, r"^/agents(?:/[^/]+)?$", Kind.EXTENSION_AGENT),
-        (None, r"^/agents/chat$", Kind.EXTENSION_AGENT),
-        (None, r"^/mcp(?:/.*)?$", Kind.MCP),
-        (None, r"^/skills$", Kind.SKILLS),
-        (None, r"^/search/[^/]+$", Kind.SKILLS),
-        ("GET", r"^/_ping$", Kind.PING),
-    )
+_API_ROUTES = _routes(
+    ("POST", r"^/chat/completions$", Kind.CHAT),
+    ("POST", r"^/responses$", Kind.CHAT),
+    ("GET", r"^/responses$", Kind.CHAT_WS),
+    ("POST", r"^/v1/messages$", Kind.CHAT),
+    ("POST", r"^/embeddings$", Kind.EMBEDDINGS),
+    ("GET", r"^/models$", Kind.MODEL_LIST),
+    ("POST", r"^/models/session(?:/intent)?$", Kind.AUTO_MODEL),
+    (None, r"^/auto$", Kind.AUTO_MODEL),
+    ("POST", r"^/models/[^/]+/policy$", Kind.MODEL_POLICY),
+    ("GET", r"^/models/[^/]+$", Kind.MODEL_INFO),
+    (None, r"^/agents/github-code-review(?:/.*)?$", Kind.CODE_REVIEW),
+    (None, r"^/agents/(?:swe|sessions)(?:/.*)?$", Kind.CODING_AGENT_MGMT),
+    (None, r"^/agents(?:/[^/]+)?$", Kind.EXTENSION_AGENT),  # includes /agents/chat
+    (None, r"^/mcp(?:/.*)?$", Kind.MCP),
+    (None, r"^/skills$", Kind.SKILLS),
+    (None, r"^/search/[^/]+$", Kind.SKILLS),
+    ("GET", r"^/_ping$", Kind.PING),
 )
-_DOTCOM_ROUTES: tuple[tuple[str | None, re.Pattern[str], Kind], ...] = tuple(
-    (method, re.compile(pattern), kind)
-    for method, pattern, kind in (
-        ("GET", r"^/copilot_internal/v2/(?:nl)?token$", Kind.TOKEN_EXCHANGE),
-        ("GET", r"^/copilot_internal/user$", Kind.USER_INFO),
-        ("GET", r"^/copilot_internal/content_exclusion(?:/.*)?$", Kind.CONTENT_EXCLUSION),
-        (None, r"^/embeddings(?:/models|/code/search)?$", Kind.CODE_SEARCH),
-        (None, r"^/chunks$", Kind.CODE_SEARCH),
-        (None, r"^/repos/.+/copilot_internal/embeddings_index$", Kind.CODE_SEARCH),
-    )
+_DOTCOM_ROUTES = _routes(
+    ("GET", r"^/copilot_internal/v2/(?:nl)?token$", Kind.TOKEN_EXCHANGE),
+    ("GET", r"^/copilot_internal/user$", Kind.USER_INFO),
+    ("GET", r"^/copilot_internal/content_exclusion(?:/.*)?$", Kind.CONTENT_EXCLUSION),
+    (None, r"^/embeddings(?:/models|/code/search)?$", Kind.CODE_SEARCH),
+    (None, r"^/chunks$", Kind.CODE_SEARCH),
+    (None, r"^/repos/.+/copilot_internal/embeddings_index$", Kind.CODE_SEARCH),
 )
 _ORIGIN_ROUTE = re.compile(r"^/twirp/github\.snippy\.v1\.SnippyAPI/(?:Match|FilesForMatch)$")
 

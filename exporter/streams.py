@@ -186,18 +186,22 @@ class AnswerParser:
             self.answer.error = err[:128]
 
     def _usage_openai(self, obj: dict[str, Any]) -> None:
-        a = self.answer
-        usage = obj.get("usage")
-        if isinstance(usage, dict):
-            a.input_tokens = _int(usage.get("prompt_tokens"))
-            a.output_tokens = _int(usage.get("completion_tokens"))
-            details = usage.get("prompt_tokens_details")
-            if isinstance(details, dict):
-                a.cached_tokens = _int(details.get("cached_tokens"))
-            details = usage.get("completion_tokens_details")
-            if isinstance(details, dict):
-                a.reasoning_tokens = _int(details.get("reasoning_tokens"))
+        self._usage(obj.get("usage"), "prompt", "completion")
         self._copilot_usage(obj)
+
+    def _usage(self, usage: Any, inputs: str, outputs: str) -> None:
+        """OpenAI-style usage: `<inputs>_tokens` (+ details.cached_tokens), `<outputs>_tokens` (+ reasoning)."""
+        if not isinstance(usage, dict):
+            return
+        a = self.answer
+        a.input_tokens = _int(usage.get(f"{inputs}_tokens"))
+        a.output_tokens = _int(usage.get(f"{outputs}_tokens"))
+        details = usage.get(f"{inputs}_tokens_details")
+        if isinstance(details, dict):
+            a.cached_tokens = _int(details.get("cached_tokens"))
+        details = usage.get(f"{outputs}_tokens_details")
+        if isinstance(details, dict):
+            a.reasoning_tokens = _int(details.get("reasoning_tokens"))
 
     def _copilot_usage(self, obj: dict[str, Any]) -> None:
         cu = obj.get("copilot_usage")
@@ -318,16 +322,7 @@ class AnswerParser:
                         text = part.get("text")
                         if isinstance(text, str):
                             a.add_text(0, text)
-        usage = resp.get("usage")
-        if isinstance(usage, dict):
-            a.input_tokens = _int(usage.get("input_tokens"))
-            a.output_tokens = _int(usage.get("output_tokens"))
-            details = usage.get("input_tokens_details")
-            if isinstance(details, dict):
-                a.cached_tokens = _int(details.get("cached_tokens"))
-            details = usage.get("output_tokens_details")
-            if isinstance(details, dict):
-                a.reasoning_tokens = _int(details.get("reasoning_tokens"))
+        self._usage(resp.get("usage"), "input", "output")
         self._copilot_usage(resp)
         a.complete = True
 
