@@ -9,7 +9,13 @@ Responses, in order of preference: a script registered by the test for the reque
 the sample of `tests/samples.py` with that request id; the sample with the same host, path and body;
 the first sample with the same method, host and path; else a 404 JSON body. Event streams are sent
 chunked, one event per chunk, `event_delay` seconds apart; a `Gate` holds a stream after N chunks
-until the test releases it.
+until the test releases it; a script's `reset_after=N` resets the connection (TCP RST) after N chunks.
+
+A `GET` with `Upgrade: websocket` (the Responses API over WebSocket, `GET /responses`) is accepted
+(101, no extensions) and served with wsproto: each client text frame `{"type":"response.create",…}`
+is answered with the Responses API event objects of `samples.VSCODE_RESPONSES`, one JSON per text frame
+(or the frames scripted with `script_websocket`); binary frames are echoed; every frame both ways is
+recorded (`websockets_for`).
 
 Use in-process (`FakeCopilotBackend(...).start()`, a background thread with its own event loop) or as
 a process: `python -m tests.e2e.fakebackend --port N --ca-out PATH [--event-delay-ms 50]`, which
@@ -27,11 +33,13 @@ import ipaddress
 import json
 import os
 import signal
+import socket
 import ssl
+import struct
 import sys
 import tempfile
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +47,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from wsproto import ConnectionType
+from wsproto import events as ws_events
+from wsproto.connection import Connection as WsConnection
+from wsproto.utilities import generate_accept_token
 
 if __package__ in (None, ""):  # run as a file: make `tests` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -216,6 +228,7 @@ class Script:
     gate: Gate | None = None
     chunked: bool | None = None  # None: chunked iff the content type is text/event-stream
     delay: float | None = None  # seconds between chunks; None: the backend's event_delay
+    reset_after: int | None = None  # after this many body chunks (and the gate), reset the connection (RST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,6 +262,31 @@ class RecordedRequest:
     def request_id(self) -> str | None:
         """The `x-request-id` header value."""
         return self.header("x-request-id")
+
+
+@dataclass(slots=True)
+class WebSocketSession:
+    """A WebSocket the backend accepted: every message received and sent, in order, as (is_text, payload)."""
+
+    request_id: str | None
+    host: str
+    path: str
+    headers: tuple[tuple[str, str], ...]
+    received: list[tuple[bool, bytes]] = field(default_factory=list)
+    sent: list[tuple[bool, bytes]] = field(default_factory=list)
+    closed: bool = False
+    close_code: int | None = None
+
+
+def responses_ws_frames(exchange: samples.Exchange | None = None) -> tuple[str, ...]:
+    """The `data:` JSON objects of a Responses API event stream (default: `VSCODE_RESPONSES`), one per frame."""
+    ex = exchange if exchange is not None else samples.VSCODE_RESPONSES
+    frames = []
+    for event in samples.split_sse_events(ex.response_body):
+        data = [line[5:].strip() for line in event.decode().splitlines() if line.startswith("data:")]
+        if data:
+            frames.append("\n".join(data))
+    return tuple(frames)
 
 
 @dataclass(slots=True)
@@ -307,6 +345,8 @@ class FakeCopilotBackend:
         self._startup_error: BaseException | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._sni: dict[int, str] = {}
+        self._ws_scripts: dict[str, tuple[str, ...]] = {}
+        self._websockets: list[WebSocketSession] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -400,23 +440,63 @@ class FakeCopilotBackend:
         *,
         chunked: bool | None = None,
         delay: float | None = None,
+        reset_after: int | None = None,
     ) -> Script:
-        """Answer requests with this `x-request-id` with this status, headers and body chunks."""
+        """Answer requests with this `x-request-id` with this status, headers and body chunks.
+
+        `reset_after=N`: after N body chunks (and after the gate, if it holds at N) the connection is
+        reset (SO_LINGER 0 + abort: a TCP RST) instead of sending the rest."""
         hdrs = tuple(headers.items()) if isinstance(headers, dict) else tuple(headers)
         chunks = (body_chunks,) if isinstance(body_chunks, bytes) else tuple(body_chunks)
-        s = Script(status, hdrs, chunks, gate, chunked, delay)
+        s = Script(status, hdrs, chunks, gate, chunked, delay, reset_after)
         with self._lock:
             self._scripts[request_id] = s
         return s
 
     def script_exchange(
-        self, exchange: samples.Exchange, request_id: str | None = None, gate: Gate | None = None
+        self,
+        exchange: samples.Exchange,
+        request_id: str | None = None,
+        gate: Gate | None = None,
+        *,
+        reset_after: int | None = None,
     ) -> Script:
         """Script a sample's response (one SSE event per chunk) for `request_id` (default: its own)."""
         rid = request_id or exchange.request_id
         if rid is None:
             raise ValueError("exchange has no x-request-id")
-        return self.script(rid, exchange.status, exchange.response_headers, exchange.response_chunks(), gate)
+        return self.script(
+            rid, exchange.status, exchange.response_headers, exchange.response_chunks(), gate, reset_after=reset_after
+        )
+
+    def script_websocket(self, request_id: str, frames: Sequence[str]) -> None:
+        """Answer each `response.create` frame of the WebSocket opened with this `x-request-id` with `frames`."""
+        with self._lock:
+            self._ws_scripts[request_id] = tuple(frames)
+
+    def websockets_for(self, request_id: str) -> list[WebSocketSession]:
+        """Copies of the WebSocket sessions opened with this `x-request-id`."""
+        with self._lock:
+            return [
+                WebSocketSession(
+                    w.request_id, w.host, w.path, w.headers, list(w.received), list(w.sent), w.closed, w.close_code
+                )
+                for w in self._websockets
+                if w.request_id == request_id
+            ]
+
+    def wait_for_websocket(
+        self, request_id: str, condition: Callable[[WebSocketSession], bool], timeout: float = 10.0
+    ) -> WebSocketSession:
+        """Block until the WebSocket opened with this `x-request-id` satisfies `condition`; return a copy."""
+
+        def match() -> bool:
+            return any(w.request_id == request_id and condition(w) for w in self._websockets)
+
+        with self._changed:
+            if not self._changed.wait_for(match, timeout):
+                raise TimeoutError(f"websocket {request_id} did not reach the condition within {timeout}s")
+        return next(w for w in self.websockets_for(request_id) if condition(w))
 
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, in arrival order."""
@@ -476,6 +556,8 @@ class FakeCopilotBackend:
             self._requests.clear()
             self._connects.clear()
             self._sent.clear()
+            self._ws_scripts.clear()
+            self._websockets.clear()
 
     # -- connection handling --------------------------------------------------------------------
 
@@ -555,6 +637,14 @@ class FakeCopilotBackend:
                 host = host or authority.rsplit(":", 1)[0]
             host = host or (host_header or "").rsplit(":", 1)[0]
             request_id = _get(headers, "x-request-id")
+            if method.upper() == "GET" and (_get(headers, "upgrade") or "").lower() == "websocket":
+                with self._changed:
+                    self._requests.append(
+                        RecordedRequest(host, method, path, version, headers, body, connect_authority, sni, "websocket")
+                    )
+                    self._changed.notify_all()
+                await self._serve_websocket(reader, writer, request_id, host, path, headers)
+                return
             script, source = self._choose(method, host, path, body, request_id)
             with self._changed:
                 self._requests.append(
@@ -625,6 +715,8 @@ class FakeCopilotBackend:
                         await script.gate._wait()
                     elif i > 0 and delay > 0:
                         await asyncio.sleep(delay)
+                    if script.reset_after is not None and i >= script.reset_after:
+                        await self._reset(writer, record)
                     if not chunk:
                         continue
                     writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
@@ -635,17 +727,119 @@ class FakeCopilotBackend:
                         self._changed.notify_all()
                 if script.gate is not None and script.gate.after >= len(script.body_chunks):
                     script.gate.reached.set()
+                if script.reset_after is not None:
+                    if script.gate is not None and script.gate.after >= len(script.body_chunks):
+                        await script.gate._wait()
+                    await self._reset(writer, record)
                 if chunked:
                     writer.write(b"0\r\n\r\n")
                     await writer.drain()
         except (ConnectionError, asyncio.CancelledError) as e:
             with self._changed:
-                record.error = type(e).__name__
+                record.error = record.error or type(e).__name__  # (a scripted reset already said "reset")
                 self._changed.notify_all()
             raise
         with self._changed:
             record.complete = True
             self._changed.notify_all()
+
+    async def _reset(self, writer: asyncio.StreamWriter, record: SentResponse) -> None:
+        """Let the bytes written so far reach the socket, then reset the connection (RST) and raise."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5.0
+        while writer.transport.get_write_buffer_size() and loop.time() < deadline:
+            await asyncio.sleep(0.005)  # polling the transport's buffer, bounded by the deadline
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with self._changed:
+            record.error = "reset"
+            self._changed.notify_all()
+        writer.transport.abort()
+        raise ConnectionResetError("scripted reset")
+
+    async def _serve_websocket(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request_id: str | None,
+        host: str,
+        path: str,
+        headers: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Accept the upgrade (no extensions) and answer `response.create` frames until the close."""
+        key = _get(headers, "sec-websocket-key")
+        if not key:
+            raise _BadRequest("websocket upgrade without Sec-WebSocket-Key")
+        session = WebSocketSession(request_id, host, path, headers)
+        with self._changed:
+            self._websockets.append(session)
+            answer = self._ws_scripts.get(request_id or "") or responses_ws_frames()
+            self._changed.notify_all()
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode()) + b"\r\n\r\n"
+        )
+        await writer.drain()
+        ws = WsConnection(ConnectionType.SERVER)
+        parts: list[bytes | str] = []
+
+        async def send(is_text: bool, payload: bytes) -> None:
+            data = payload.decode() if is_text else payload
+            message = ws_events.TextMessage(data=data) if isinstance(data, str) else ws_events.BytesMessage(data=data)
+            writer.write(ws.send(message))
+            await writer.drain()
+            with self._changed:
+                session.sent.append((is_text, payload))
+                self._changed.notify_all()
+
+        try:
+            while True:
+                data = await reader.read(65536)
+                ws.receive_data(data or None)
+                for event in ws.events():
+                    if isinstance(event, ws_events.Message):
+                        parts.append(event.data)
+                        if not event.message_finished:
+                            continue
+                        is_text = isinstance(event, ws_events.TextMessage)
+                        payload = (
+                            "".join(p for p in parts if isinstance(p, str)).encode()
+                            if is_text
+                            else b"".join(p for p in parts if isinstance(p, bytes))
+                        )
+                        parts.clear()
+                        with self._changed:
+                            session.received.append((is_text, payload))
+                            self._changed.notify_all()
+                        if not is_text:
+                            await send(False, payload)
+                            continue
+                        try:
+                            frame_type = json.loads(payload).get("type")
+                        except (ValueError, AttributeError):
+                            frame_type = None
+                        if frame_type == "response.create":
+                            for frame in answer:
+                                await send(True, frame.encode())
+                    elif isinstance(event, ws_events.Ping):
+                        writer.write(ws.send(event.response()))
+                        await writer.drain()
+                    elif isinstance(event, ws_events.CloseConnection):
+                        with self._changed:
+                            session.close_code = event.code
+                            self._changed.notify_all()
+                        with contextlib.suppress(Exception):
+                            writer.write(ws.send(event.response()))
+                            await writer.drain()
+                        return
+                if not data:
+                    return
+        finally:
+            with self._changed:
+                session.closed = True
+                self._changed.notify_all()
 
 
 # ---------------------------------------------------------------------------------------------------

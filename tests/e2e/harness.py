@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import httpx
+from wsproto import ConnectionType, WSConnection
+from wsproto import events as ws_events
 
 from tests import samples
 
@@ -94,7 +96,8 @@ class Mitmdump:
 
     `upstream` is a started `FakeCopilotBackend` (or anything with `port` and `ca_cert_path`), or None
     for regular mode. `addon` defaults to exporter/addon.py; None runs bare mitmdump. `options` become
-    `--set k=v` (a `copilot_metrics_port` other than 0 also gates readiness on /metrics answering 200).
+    `--set k=v` (a `copilot_metrics_port` other than 0 also gates readiness on /metrics answering 200,
+    unless `wait_metrics=False`, e.g. when the test has taken that port on purpose).
     Logs (stdout+stderr) go to `<tmp_dir>/mitmdump.log`; mitmproxy's CA is `<tmp_dir>/conf/...`.
     `executable` replaces mitmdump (e.g. `CONSOLE_SCRIPT`, with `addon=None`); `cwd` defaults to the
     checkout; `repo_on_path=False` leaves the checkout off PYTHONPATH (the installed package is used).
@@ -116,6 +119,7 @@ class Mitmdump:
         executable: str | os.PathLike[str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         repo_on_path: bool = True,
+        wait_metrics: bool = True,
     ) -> None:
         self._own_tmp: tempfile.TemporaryDirectory[str] | None = None
         if tmp_dir is None:
@@ -136,6 +140,7 @@ class Mitmdump:
         self.executable = Path(executable) if executable is not None else MITMDUMP
         self.cwd = Path(cwd) if cwd is not None else REPO_ROOT
         self.repo_on_path = repo_on_path
+        self.wait_metrics = wait_metrics
         self.proc: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None
         self._log_file: Any = None
@@ -234,7 +239,7 @@ class Mitmdump:
             )
         if not (port_accepts(self.port) and self.ca_cert_path.exists()):
             return False
-        if self.metrics_port:
+        if self.metrics_port and self.wait_metrics:
             try:
                 r = httpx.get(self.metrics_url, timeout=1.0, trust_env=False)
             except httpx.HTTPError:
@@ -406,3 +411,273 @@ def send_timed(client: httpx.Client, exchange: samples.Exchange, request_id: str
             tuple(chunks),
             r.http_version,
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Raw tunnels: WebSocket and HTTP/2 clients through the proxy
+
+
+def connect_tunnel(
+    proxy_port: int,
+    user: str | None,
+    password: str | None,
+    ca_path: str | os.PathLike[str],
+    host: str,
+    alpn: Sequence[str],
+    timeout: float = 10.0,
+) -> ssl.SSLSocket:
+    """A TLS socket to `host` through the proxy: CONNECT host:443 (Basic proxy auth if `user`), then TLS
+    with SNI `host`, trusting mitmproxy's CA, offering `alpn`."""
+    import base64
+
+    raw = socket.create_connection(("127.0.0.1", proxy_port), timeout=timeout)
+    try:
+        head = f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n"
+        if user is not None:
+            creds = base64.b64encode(f"{user}:{password}".encode()).decode()
+            head += f"Proxy-Authorization: Basic {creds}\r\n"
+        raw.sendall((head + "\r\n").encode())
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = raw.recv(4096)
+            if not chunk:
+                raise ConnectionError(f"proxy closed the CONNECT: {answer!r}")
+            answer += chunk
+        status_line = answer.split(b"\r\n", 1)[0]
+        if b" 200 " not in status_line + b" ":
+            raise ConnectionError(f"CONNECT refused: {status_line!r}")
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cafile=str(ca_path))
+        ctx.set_alpn_protocols(list(alpn))
+        return ctx.wrap_socket(raw, server_hostname=host)
+    except BaseException:
+        raw.close()
+        raise
+
+
+class H2Stream:
+    """One request on an `H2Client` connection and what came back so far."""
+
+    def __init__(self, stream_id: int, exchange: samples.Exchange, request_id: str | None) -> None:
+        self.stream_id = stream_id
+        self.exchange = exchange
+        self.request_id = request_id
+        self.status: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.body = bytearray()
+        self.chunks: list[bytes] = []
+        self.ended = False
+        self.reset_code: int | None = None  # RST_STREAM error code received from the proxy
+
+    @property
+    def done(self) -> bool:
+        return self.ended or self.reset_code is not None
+
+
+class H2Client:
+    """A hand-driven HTTP/2 client on one TLS connection through the proxy (h2 library), for what httpx
+    cannot do: several streams at once from one thread, and cancelling one stream with RST_STREAM (as VS
+    Code does when the user keeps typing) while the connection and its other streams go on."""
+
+    def __init__(
+        self,
+        proxy_port: int,
+        user: str | None,
+        password: str | None,
+        ca_path: str | os.PathLike[str],
+        host: str,
+        timeout: float = 10.0,
+    ) -> None:
+        import h2.config
+        import h2.connection
+
+        self.host = host
+        self.timeout = timeout
+        self.sock = connect_tunnel(proxy_port, user, password, ca_path, host, ("h2",), timeout)
+        if self.sock.selected_alpn_protocol() != "h2":
+            self.sock.close()
+            raise ConnectionError(f"the proxy did not negotiate h2 (got {self.sock.selected_alpn_protocol()!r})")
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.streams: dict[int, H2Stream] = {}
+        self.terminated = False
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def request(self, exchange: samples.Exchange, request_id: str | None = None) -> H2Stream:
+        """Send a sample's request (headers lower-cased, as over h2) on a new stream."""
+        sid = self.conn.get_next_available_stream_id()
+        headers = [
+            (":method", exchange.method),
+            (":scheme", "https"),
+            (":authority", exchange.host),
+            (":path", exchange.path),
+        ]
+        headers += [(k.lower(), v) for k, v in request_headers(exchange, request_id)]
+        body = exchange.request_body
+        if body:
+            # As browsers and Electron send it. (Without it, mitmproxy 12 forwards an h2 body to an HTTP/1.1
+            # upstream with neither Content-Length nor Transfer-Encoding, so the upstream reads no body.)
+            headers.append(("content-length", str(len(body))))
+        self.conn.send_headers(sid, headers, end_stream=not body)
+        if body:
+            self.conn.send_data(sid, body, end_stream=True)
+        self._flush()
+        stream = self.streams[sid] = H2Stream(sid, exchange, request_id or exchange.request_id)
+        return stream
+
+    def cancel(self, stream: H2Stream) -> None:
+        """RST_STREAM(CANCEL) on this stream."""
+        from h2.errors import ErrorCodes
+
+        self.conn.reset_stream(stream.stream_id, ErrorCodes.CANCEL)
+        self._flush()
+
+    def pump(self, until: Callable[[], bool], timeout: float | None = None) -> None:
+        """Read and handle frames until `until()` is true (TimeoutError at the deadline)."""
+        import h2.events
+
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while not until():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("HTTP/2 condition not reached before the deadline")
+            if self.terminated:
+                raise ConnectionError("HTTP/2 connection terminated by the proxy")
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("proxy closed the HTTP/2 connection")
+            for event in self.conn.receive_data(data):
+                stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+                if isinstance(event, h2.events.ResponseReceived) and stream is not None:
+                    hdrs = [(str(k), str(v)) for k, v in event.headers]
+                    stream.status = int(next(v for k, v in hdrs if k == ":status"))
+                    stream.headers = [(k, v) for k, v in hdrs if not k.startswith(":")]
+                elif isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    if stream is not None and event.data:
+                        stream.body += event.data
+                        stream.chunks.append(bytes(event.data))
+                elif isinstance(event, h2.events.StreamEnded) and stream is not None:
+                    stream.ended = True
+                elif isinstance(event, h2.events.StreamReset) and stream is not None:
+                    stream.reset_code = int(event.error_code)
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    self.terminated = True
+            self._flush()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close_connection()
+            self._flush()
+        self.sock.close()
+
+    def __enter__(self) -> H2Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WebSocketClient:
+    """A WebSocket client tunnelled through the proxy (see `open_websocket`); every wait has a deadline."""
+
+    def __init__(self, sock: ssl.SSLSocket, ws: WSConnection, timeout: float) -> None:
+        self.sock = sock
+        self.ws = ws
+        self.timeout = timeout
+        self.closed_by_peer: ws_events.CloseConnection | None = None
+        self._pending: list[ws_events.Event] = []
+        self._parts: list[bytes | str] = []
+
+    def send_text(self, text: str) -> None:
+        self.sock.sendall(self.ws.send(ws_events.TextMessage(data=text)))
+
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(self.ws.send(ws_events.BytesMessage(data=data)))
+
+    def _next_event(self, deadline: float) -> ws_events.Event:
+        while not self._pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no WebSocket event before the deadline")
+            self.sock.settimeout(left)
+            data = self.sock.recv(65536)
+            self.ws.receive_data(data or None)
+            self._pending.extend(self.ws.events())
+            if not data and not self._pending:
+                raise ConnectionError("connection closed without a WebSocket close frame")
+        return self._pending.pop(0)
+
+    def receive(self, timeout: float | None = None) -> tuple[bool, bytes]:
+        """The next whole message as (is_text, payload); ConnectionError if the peer closes instead."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            event = self._next_event(deadline)
+            if isinstance(event, ws_events.Message):
+                self._parts.append(event.data)
+                if not event.message_finished:
+                    continue
+                parts, self._parts = self._parts, []
+                if isinstance(event, ws_events.TextMessage):
+                    return True, "".join(p for p in parts if isinstance(p, str)).encode()
+                return False, b"".join(p for p in parts if isinstance(p, bytes))
+            if isinstance(event, ws_events.Ping):
+                self.sock.sendall(self.ws.send(event.response()))
+            elif isinstance(event, ws_events.CloseConnection):
+                self.closed_by_peer = event
+                with contextlib.suppress(Exception):
+                    self.sock.sendall(self.ws.send(event.response()))
+                raise ConnectionError(f"WebSocket closed by the peer: {event.code} {event.reason}")
+
+    def close(self, code: int = 1000) -> None:
+        """Send a close frame and wait (bounded) for the peer's close reply."""
+        if self.closed_by_peer is not None:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.sendall(self.ws.send(ws_events.CloseConnection(code=code)))
+            deadline = time.monotonic() + self.timeout
+            with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+                while True:
+                    event = self._next_event(deadline)
+                    if isinstance(event, ws_events.CloseConnection):
+                        self.closed_by_peer = event
+                        return
+
+
+@contextlib.contextmanager
+def open_websocket(
+    proxy_port: int,
+    user: str | None,
+    password: str | None,
+    ca_path: str | os.PathLike[str],
+    host: str,
+    path: str,
+    headers: Iterable[tuple[str, str]] = (),
+    timeout: float = 10.0,
+) -> Iterator[WebSocketClient]:
+    """CONNECT host:443 through the proxy (Basic proxy auth if `user`), TLS trusting mitmproxy's CA with
+    ALPN http/1.1, then a wsproto WebSocket handshake `GET path` with `headers`; yields the client."""
+    sock = connect_tunnel(proxy_port, user, password, ca_path, host, ("http/1.1",), timeout)
+    try:
+        ws = WSConnection(ConnectionType.CLIENT)
+        skip = _SKIP_REQUEST_HEADERS | {"content-type", "upgrade", "sec-websocket-key", "sec-websocket-version"}
+        extra = [(k.encode(), v.encode()) for k, v in headers if k.lower() not in skip]
+        sock.sendall(ws.send(ws_events.Request(host=host, target=path, extra_headers=extra)))
+        client = WebSocketClient(sock, ws, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            event = client._next_event(deadline)
+            if isinstance(event, ws_events.AcceptConnection):
+                break
+            if isinstance(event, ws_events.RejectConnection):
+                raise ConnectionError(f"WebSocket upgrade rejected: {event.status_code}")
+        yield client
+        client.close()
+    finally:
+        sock.close()
