@@ -1,0 +1,112 @@
+"""The benchmark's Copilot traffic: real host names and paths, realistic bodies, one mix for every run.
+
+Requests are built from the samples of `tests/samples.py` (VS Code and JetBrains ghost-text
+completions, a VS Code agent-mode chat turn and its tool-loop step), with a fresh `x-request-id` per
+request and a fresh `x-interaction-id` per chat turn, so the addon counts every completion and every
+turn once and skips every agent step. The fake backend answers from `EXCHANGES` (same host, path and
+body); the VS Code completion answer has 5 events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+
+from tests import samples
+
+_CMPL = r'"id":"cmpl-FAKE000000000000000000001","created":1767220000,"model":"gpt-41-copilot"'
+_COMPLETION_EVENTS = (
+    "{" + _CMPL + r',"choices":[{"text":"return a","index":0,"finish_reason":null,"logprobs":null}]}',
+    "{" + _CMPL + r',"choices":[{"text":" +","index":0,"finish_reason":null,"logprobs":null}]}',
+    "{" + _CMPL + r',"choices":[{"text":" b","index":0,"finish_reason":"stop","logprobs":null}]}',
+    "{" + _CMPL + r',"choices":[],"usage":{"prompt_tokens":27,"completion_tokens":4,"total_tokens":31}}',
+    "[DONE]",
+)
+EVENTS_PER_COMPLETION = len(_COMPLETION_EVENTS)  # 5: the issue's "streamed answer of 5 events"
+
+VSCODE_COMPLETION = dataclasses.replace(
+    samples.VSCODE_COMPLETION,
+    name="bench_vscode_completion",
+    response_body="".join(f"data: {e}\n\n" for e in _COMPLETION_EVENTS).encode(),
+)
+# The same completion with another body: the fake backend streams its answer with the slow-event delay
+# (the TTFB runs); everything else streams without delay.
+SLOW_COMPLETION = dataclasses.replace(
+    VSCODE_COMPLETION,
+    name="bench_slow_completion",
+    request_body=VSCODE_COMPLETION.request_body.replace(b'"octo-org/octo-repo"', b'"octo-org/ttfb-repo"'),
+)
+SLOW_NAME = SLOW_COMPLETION.name
+JETBRAINS_COMPLETION = samples.JETBRAINS_COMPLETION
+AGENT_TURN = samples.VSCODE_AGENT_TURN
+AGENT_STEP = samples.VSCODE_AGENT_STEP
+
+EXCHANGES: tuple[samples.Exchange, ...] = (
+    VSCODE_COMPLETION,
+    SLOW_COMPLETION,
+    JETBRAINS_COMPLETION,
+    AGENT_TURN,
+    AGENT_STEP,
+)
+
+# Per worker, repeated: what a few developers' editors send. 3 of 5 are ghost-text completions
+# (counted), 1 a user's agent-mode turn (counted), 1 its tool-loop step (skipped as agent_step).
+MIX: tuple[samples.Exchange, ...] = (VSCODE_COMPLETION, JETBRAINS_COMPLETION, AGENT_TURN, VSCODE_COMPLETION, AGENT_STEP)
+COUNTED = frozenset({VSCODE_COMPLETION.name, SLOW_COMPLETION.name, JETBRAINS_COMPLETION.name, AGENT_TURN.name})
+
+_SKIP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A request as bytes with two placeholders: {rid} (x-request-id) and {iid} (x-interaction-id)."""
+
+    name: str
+    host: str
+    head: str  # request line + headers, with {rid} / {iid} placeholders, ending in the blank line
+    body: bytes
+    counted: bool
+    new_interaction: bool  # a user turn starts a new interaction id; a step reuses the last one
+
+    def render(self, rid: str, iid: str) -> bytes:
+        return self.head.replace("{rid}", rid).replace("{iid}", iid).encode("latin-1") + self.body
+
+
+def template(exchange: samples.Exchange) -> Template:
+    lines = [f"{exchange.method} {exchange.path} HTTP/1.1", f"host: {exchange.host}"]
+    for k, v in exchange.request_headers:
+        lk = k.lower()
+        if lk in _SKIP:
+            continue
+        if lk in ("x-request-id", "x-agent-task-id"):
+            v = "{rid}"
+        elif lk == "x-interaction-id":
+            v = "{iid}"
+        lines.append(f"{k}: {v}")
+    lines.append(f"content-length: {len(exchange.request_body)}")
+    head = "\r\n".join(lines) + "\r\n\r\n"
+    return Template(
+        name=exchange.name,
+        host=exchange.host,
+        head=head,
+        body=exchange.request_body,
+        counted=exchange.name in COUNTED,
+        new_interaction=exchange.header("x-initiator") == "user",
+    )
+
+
+MIX_TEMPLATES: tuple[Template, ...] = tuple(template(e) for e in MIX)
+SLOW_TEMPLATE = template(SLOW_COMPLETION)
+HOSTS: tuple[str, ...] = tuple(sorted({t.host for t in (*MIX_TEMPLATES, SLOW_TEMPLATE)}))
+
+
+class Ids:
+    """UUID-shaped ids, unique per run and process: cheaper than uuid4() per request."""
+
+    def __init__(self, run: int) -> None:
+        self._prefix = f"{run & 0xFFFFFFFF:08x}-be7c-4000-8000-"
+        self._next = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._next):012x}"

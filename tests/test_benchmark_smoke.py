@@ -1,0 +1,47 @@
+"""Smoke test of the benchmark (`python -m benchmarks.bench --quick`): it completes, prints its table, and the
+addon counted exactly the interactions the load generator sent. Timings are not checked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.e2e
+
+
+def test_quick_benchmark_completes_and_counts_match(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench", "--quick", "--json-out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    assert "requests/s, concurrency 16" in proc.stdout
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["mode"] == "quick"
+
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == 0
+    assert not any(run["timed_out"] for run in doc["runs"])
+    rps_runs = {run["config"]: run for run in doc["runs"] if run["phase"] == "rps"}
+    assert set(rps_runs) == {"direct", "bare", "stream", "addon", "addon_1k"}
+    for run in rps_runs.values():
+        assert run["requests"] == doc["settings"]["rps_requests"] > 0
+    assert [s["requests"] for s in doc["soak"].values()] == [doc["settings"]["soak_requests"]]
+
+    counts = doc["counts"]
+    assert set(counts) >= {"addon", "addon_1k", "soak_addon_1k"}
+    for name, c in counts.items():
+        assert c["counted_sent"] > 0, name
+        assert c["copilot_requests_total"] == c["counted_sent"], (name, c)
+        assert c["copilot_model_calls_total"] == c["model_calls_sent"], (name, c)
+    assert doc["counts_ok"] is True
