@@ -181,6 +181,16 @@ class _Live:
         self.wall_start = wall_start  # WebSocket calls: when their response.create frame arrived
 
 
+class _WsCalls:
+    """The Responses-API calls in flight on one WebSocket, oldest first, and a per-socket call number."""
+
+    __slots__ = ("calls", "seq")
+
+    def __init__(self) -> None:
+        self.calls: list[_Live] = []
+        self.seq = 0
+
+
 def _header(headers: Mapping[str, str], name: str, limit: int = 128) -> str | None:
     return clean(headers.get(name), limit)
 
@@ -213,7 +223,7 @@ class CopilotInsight:
         self._conn_clients: _LRU = _LRU()
         self._interaction_clients: _LRU = _LRU()
         self._user_clients: _LRU = _LRU()
-        self._ws_calls: dict[str, list[_Live]] = {}
+        self._ws_calls: dict[str, _WsCalls] = {}
         self._intercept_all = False
         self._capture = False
         self._log_skipped = True
@@ -531,8 +541,12 @@ class CopilotInsight:
                 keyfile=o.copilot_metrics_keyfile or None,
             )
         except OSError as e:
+            # WARNING, not ERROR: mitmdump exits when an error is logged during start-up, and the proxy
+            # must keep passing Copilot traffic without its metrics endpoint.
             self.errors.failed(
-                "metrics_server", f"cannot serve /metrics on {o.copilot_metrics_host}:{o.copilot_metrics_port}: {e}"
+                "metrics_server",
+                f"cannot serve /metrics on {o.copilot_metrics_host}:{o.copilot_metrics_port}: {e}",
+                level=logging.WARNING,
             )
         else:
             log.info(
@@ -710,7 +724,7 @@ class CopilotInsight:
         try:
             if flow.websocket is not None:
                 # A WebSocket upgrade (/responses over ws): its frames are the calls, see websocket_message.
-                self._ws_calls[flow.id] = []
+                self._ws_calls[flow.id] = _WsCalls()
                 return
             self._read_buffered(flow, live)
             event, recording = self._event(flow, live)
@@ -880,30 +894,28 @@ class CopilotInsight:
     # -- WebSocket: Responses API over ws (/responses GET upgrade) --------------------------------
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
-        calls = self._ws_calls.get(flow.id)
-        if calls is None or flow.websocket is None:
+        ws = self._ws_calls.get(flow.id)
+        if ws is None or flow.websocket is None:
             return
         try:
-            self._websocket_message(flow, calls)
+            self._websocket_message(flow, ws)
         except Exception as e:
             self.errors.failed("parser", e)
 
-    def _websocket_message(self, flow: http.HTTPFlow, calls: list[_Live]) -> None:
+    def _websocket_message(self, flow: http.HTTPFlow, ws: _WsCalls) -> None:
         assert flow.websocket is not None
         msg = flow.websocket.messages[-1]
         if not msg.is_text or len(msg.content) > MAX_JSON_RESPONSE:
             return
+        calls = ws.calls
         if msg.from_client:
             facts = parse_request(msg.content, Shape.RESPONSES, keep_parsed=self.recorder is not None)
-            try:
-                frame_type = json.loads(msg.content).get("type")
-            except (ValueError, AttributeError):
-                return
-            if frame_type != "response.create":
+            if facts.frame_type != "response.create":
                 return
             h = _header_map(flow.request.headers)
             user = self._flow_user(flow, h)
             interaction_id = _header(h, "x-interaction-id")
+            ws.seq += 1  # only grows: each call on the socket gets its own request id
             calls.append(
                 _Live(
                     started=self.clock(),
@@ -912,7 +924,7 @@ class CopilotInsight:
                     path_model=None,
                     user=user,
                     client=self._client(flow, user, interaction_id, h),
-                    request_id=f"{_header(h, 'x-request-id') or flow.id}#{len(calls)}",
+                    request_id=f"{_header(h, 'x-request-id') or flow.id}#{ws.seq}",
                     interaction_id=interaction_id,
                     initiator=facts.initiator,
                     intent=_header(h, "openai-intent", 64),
@@ -935,7 +947,8 @@ class CopilotInsight:
             self._emit_ws(flow, live)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
-        for live in self._ws_calls.pop(flow.id, []):
+        ws = self._ws_calls.pop(flow.id, None)
+        for live in ws.calls if ws is not None else ():
             self._emit_ws(flow, live)
 
     def _emit_ws(self, flow: http.HTTPFlow, live: _Live) -> None:

@@ -21,6 +21,7 @@ class RequestFacts:
     n: int | None = None
     user_last: bool | None = None  # last message is a user message (not a tool result): §4.3 fallback
     initiator: str | None = None  # WebSocket response.create frames carry it in the body
+    frame_type: str | None = None  # a WebSocket frame's "type" ("response.create")
     prompt: str | None = None  # the user's text, for content capture only
     parsed: Any = None  # the parsed body (for recording)
     error: str | None = None  # why the body could not be read
@@ -98,6 +99,7 @@ def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = F
     elif shape in (Shape.CHAT, Shape.MESSAGES):
         user_last, prompt = _last_user_openai(obj.get("messages"))
     initiator = obj.get("initiator")
+    frame_type = obj.get("type")
     return RequestFacts(
         model=clean(model) if isinstance(model, str) else None,
         stream=stream if isinstance(stream, bool) else None,
@@ -105,6 +107,7 @@ def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = F
         n=n if isinstance(n, int) and not isinstance(n, bool) else None,
         user_last=user_last,
         initiator=initiator if initiator in ("user", "agent") else None,
+        frame_type=frame_type if isinstance(frame_type, str) else None,
         prompt=prompt[:MAX_PROMPT_CHARS] if prompt else None,
         parsed=obj if keep_parsed else None,
     )

@@ -11,6 +11,7 @@ from collections.abc import Callable
 log = logging.getLogger("copilot_proxy_insight")
 
 Job = Callable[[], None]
+BatchJob = Callable[[], bool]
 
 
 class ErrorReporter:
@@ -21,13 +22,16 @@ class ErrorReporter:
         self._failing: set[str] = set()
         self._lock = threading.Lock()
 
-    def failed(self, component: str, error: BaseException | str) -> None:
+    def failed(self, component: str, error: BaseException | str, level: int = logging.ERROR) -> None:
+        """Count the failure; log it when it starts a run of failures. `level` WARNING for failures that must
+        not stop mitmdump's start-up (its errorcheck addon exits on any ERROR logged while starting)."""
         self._count(component)
         with self._lock:
             first = component not in self._failing
             self._failing.add(component)
         if first:
-            log.error(
+            log.log(
+                level,
                 "copilot-proxy-insight: %s failed: %s (traffic still passes; counted in copilot_exporter_errors_total)",
                 component,
                 error,
@@ -53,7 +57,7 @@ class BackgroundWriter:
         errors: ErrorReporter,
         interval: float = 5.0,
         max_pending: int = 200_000,
-        batch_seconds: float = 0.25,
+        batch_seconds: float = 0.1,
         wake_at: int = 2_000,
     ) -> None:
         self._pending: deque[Job] = deque()
@@ -64,7 +68,7 @@ class BackgroundWriter:
         self._wake_at = wake_at
         self._max_pending = max_pending
         self._periodic: dict[str, Job] = {}
-        self._after_batch: dict[str, Job] = {}
+        self._every_batch: dict[str, BatchJob] = {}
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -72,9 +76,14 @@ class BackgroundWriter:
         """Run `job` every interval and at stop; registering a component again replaces its job."""
         self._periodic[component] = job
 
-    def after_batch(self, component: str, job: Job) -> None:
-        """Run `job` after each batch of submitted jobs (e.g. flush a file once per batch)."""
-        self._after_batch[component] = job
+    def every_batch(self, component: str, job: BatchJob) -> None:
+        """Run `job` at every wake-up (and on flush and stop). It returns whether it did any work; only a job
+        that did work and succeeded marks its component as working again."""
+        self._every_batch[component] = job
+
+    def wake(self) -> None:
+        """Wake the thread now (a producer with a large backlog)."""
+        self._wake.set()
 
     def set_interval(self, seconds: float) -> None:
         self._interval = seconds
@@ -103,9 +112,11 @@ class BackgroundWriter:
         """Wait until everything submitted so far, and one round of periodic jobs, is done."""
         if not self.running:
             self._drain()
+            self._batch_round()
             self._periodic_round()
             return True
         done = threading.Event()
+        self._pending.append(self._batch_round)
         self._pending.append(self._periodic_round)
         self._pending.append(done.set)
         self._wake.set()
@@ -119,32 +130,33 @@ class BackgroundWriter:
             self._thread.join(timeout)
             self._thread = None
         self._drain()
+        self._batch_round()
         self._periodic_round()
 
-    def _guard(self, component: str, job: Job) -> None:
+    def _guard(self, component: str, job: Callable[[], object]) -> None:
         try:
-            job()
+            did_work = job()
         except Exception as e:  # a failing write is counted and logged, never raised
             self._errors.failed(component, e)
         else:
-            self._errors.recovered(component)
+            if did_work is not False:
+                self._errors.recovered(component)
+
+    def _batch_round(self) -> None:
+        for component, job in list(self._every_batch.items()):
+            self._guard(component, job)
 
     def _periodic_round(self) -> None:
         for component, job in list(self._periodic.items()):
             self._guard(component, job)
 
     def _drain(self) -> None:
-        ran = False
         while True:
             try:
                 job = self._pending.popleft()
             except IndexError:
                 break
             job()
-            ran = True
-        if ran:
-            for component, job in list(self._after_batch.items()):
-                self._guard(component, job)
 
     def _run(self) -> None:
         last_round = time.monotonic()
@@ -152,6 +164,7 @@ class BackgroundWriter:
             self._wake.wait(self._batch_seconds)
             self._wake.clear()
             self._drain()
+            self._batch_round()
             if time.monotonic() - last_round >= self._interval:
                 self._periodic_round()
                 last_round = time.monotonic()

@@ -200,3 +200,15 @@ def test_merge_ignores_wrong_types_inside_a_valid_document() -> None:
     s = DaySummary(DAY)
     s.merge({"usage": {"alice": {"chat": ["x"], "completions": {"vscode-1": ["y"], "zed-1": {"go": 2}}}, "bob": 3}})
     assert (s.total_chat_turns, s.total_completions_count) == (0, 2)
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    stale = metrics / f".copilot-usage_{DAY}.json.999999.tmp"
+    stale.write_text('{"day": "2026-11-24", "to')
+    sink, writer, errors = _sink(tmp_path)
+    sink.handle(event())
+    writer.flush()
+    assert not stale.exists() and errors == []
+    assert sorted(os.listdir(metrics)) == [f"copilot-usage_{DAY}.json"]

@@ -64,3 +64,24 @@ def test_queue_is_bounded() -> None:
     for _ in range(15):
         w.submit("jsonlog", lambda: None)
     assert counted == ["jsonlog_queue"] * 5
+
+
+def test_batch_jobs_mark_recovery_only_when_they_did_work(caplog) -> None:  # type: ignore[no-untyped-def]
+    counted: list[str] = []
+    w = BackgroundWriter(ErrorReporter(counted.append))
+    state = {"fail": True, "work": False}
+
+    def drain() -> bool:
+        if state["fail"]:
+            raise OSError("No space left on device")
+        return state["work"]
+
+    w.every_batch("jsonlog", drain)
+    w.flush()
+    state["fail"] = False
+    w.flush()  # nothing to write: says nothing about the disk
+    assert not [r for r in caplog.records if "works again" in r.getMessage()]
+    state["work"] = True
+    w.flush()
+    assert [r for r in caplog.records if "works again" in r.getMessage()]
+    assert counted == ["jsonlog"]

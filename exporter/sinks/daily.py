@@ -105,6 +105,14 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def remove_stale_temp_files(directory: Path) -> None:
+    """Temp files of summary writes that a killed process left behind (never this process's own)."""
+    mine = f".{os.getpid()}.tmp"
+    for tmp in directory.glob(".copilot-usage_*.tmp"):
+        if not tmp.name.endswith(mine):
+            tmp.unlink(missing_ok=True)
+
+
 def summary_from_log_lines(day: str, lines: Iterable[str]) -> tuple[DaySummary, int]:
     """Rebuilds a day from JSON log lines; returns the summary and the number of unreadable lines."""
     summary = DaySummary(day)
@@ -140,6 +148,7 @@ class DailySink:
         self._days: dict[str, DaySummary] = {}  # days with counts not yet merged with their file
         self._loaded: set[str] = set()
         self._dirty: set[str] = set()
+        self._swept = False
         writer.every_interval("daily", self.flush)
 
     def handle(self, event: UsageEvent, detail: object = None) -> None:
@@ -155,6 +164,9 @@ class DailySink:
 
     def flush(self) -> None:
         """Writer thread: merge each dirty day with its file once (restart continuity), then write it."""
+        if not self._swept:
+            self._swept = True
+            remove_stale_temp_files(self._dir / "metrics")
         with self._lock:
             dirty = sorted(self._dirty)
         for day in dirty:

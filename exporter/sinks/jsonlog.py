@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import deque
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import IO, Any
@@ -14,6 +15,8 @@ from exporter.events import UsageEvent, iso_utc
 from exporter.writer import BackgroundWriter
 
 MODES = ("file", "stdout", "both", "off")
+_WAKE_AT = 2_000  # pending lines that wake the writer before its next batch
+_MAX_PENDING = 200_000  # pending lines kept while the writer falls behind
 
 # Values that must never reach a log, whatever field they turn up in.
 _SECRET_KEYS = frozenset(
@@ -47,6 +50,14 @@ def redact(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Mu
     for key in _SECRET_KEYS.intersection(event_dict):
         event_dict[key] = "[REDACTED]"
     return event_dict
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, 2) == 0:
+            return False
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
 
 
 def log_path(data_dir: Path, day: str) -> Path:
@@ -87,7 +98,8 @@ class JsonLogSink:
             ],
             cache_logger_on_first_use=True,
         )
-        writer.after_batch("jsonlog", self._flush)
+        self._lines: deque[tuple[str, str]] = deque()
+        writer.every_batch("jsonlog", self._drain)
 
     @property
     def enabled(self) -> bool:
@@ -100,8 +112,30 @@ class JsonLogSink:
         self._logger.info(event.name, timestamp=iso_utc(event.timestamp), **event.log_fields())
 
     def enqueue(self, line: str) -> None:
-        day = self._day
-        self._writer.submit("jsonlog", lambda: self._write(day, line))
+        """Event loop: keep the line for the writer thread (a deque append; the thread drains every batch)."""
+        self._lines.append((self._day, line))
+        if len(self._lines) == _WAKE_AT:
+            self._writer.wake()
+
+    def _drain(self) -> bool:
+        """Writer thread: write and flush every pending line; False when there was nothing to write.
+
+        Lines taken for a write that fails are lost (and the failure counted): memory stays bounded
+        while the disk is unwritable."""
+        if not self._lines:
+            return False
+        batch = []
+        while self._lines:
+            batch.append(self._lines.popleft())
+        dropped = len(batch) - _MAX_PENDING
+        if dropped > 0:
+            del batch[:dropped]
+        for day, line in batch:
+            self._write(day, line)
+        self._flush()
+        if dropped > 0:
+            raise OSError(f"{dropped} JSON log lines dropped: the writer fell behind")
+        return True
 
     def _write(self, day: str, line: str) -> None:
         if self._to_stdout:
@@ -114,6 +148,9 @@ class JsonLogSink:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open across batches)
                 self._file_day = day
+                if _ends_mid_line(path):
+                    # A crash cut the last line: end it, so this run's first line stays whole.
+                    self._file.write("\n")
             self._file.write(line + "\n")
 
     def _flush(self) -> None:

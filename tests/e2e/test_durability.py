@@ -307,15 +307,6 @@ def test_kill9_at_random_points_summary_stays_valid_and_rebuild_matches_log(tmp_
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporter bug: after a kill cut the JSON log's last line, the next process appends its first line to "
-    "the cut one. JsonLogSink._write (exporter/sinks/jsonlog.py) opens the day file with open(path, 'a') and "
-    "writes line + '\\n' without checking that the file ends with a newline, so the new, complete event is glued "
-    "to the cut fragment; the rebuild (exporter/sinks/daily.py summary_from_log_lines) then skips the glued line "
-    "and loses a counted event. Fix: when opening an existing non-empty file whose last byte is not '\\n', "
-    "write a '\\n' first.",
-)
 def test_first_line_after_a_cut_line_is_not_lost(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first, second = variant(S.VSCODE_COMPLETION), variant(S.NEOVIM_COMPLETION)

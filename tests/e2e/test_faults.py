@@ -259,15 +259,6 @@ def test_data_dir_fault_traffic_passes_is_counted_and_recovers(data_dir_run: Dat
     assert "Traceback" not in run.log_after
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporter bug: a jsonlog failure is logged once per write batch, not once. JsonLogSink registers its "
-    "after-batch flush under the same component as its writes (exporter/sinks/jsonlog.py: "
-    "writer.after_batch('jsonlog', self._flush)), and BackgroundWriter._guard (exporter/writer.py) calls "
-    "ErrorReporter.recovered() after any job that succeeds: unwritable dir = the write fails and the no-op flush "
-    "succeeds; full disk = the buffered write succeeds and the flush fails. Either way 'jsonlog works again' is "
-    "logged and the next batch's failure is logged again (with light traffic: every request).",
-)
 def test_data_dir_fault_is_logged_once_per_component(data_dir_run: DataDirRun) -> None:
     failures = exporter_failures(data_dir_run.log_during)
     assert failures == {"jsonlog": 1, "daily": 1, "recorder": 1}, data_dir_run.log_during[-3000:]
@@ -278,16 +269,6 @@ def test_data_dir_fault_is_logged_once_per_component(data_dir_run: DataDirRun) -
 # The /metrics port already taken
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="exporter bug: a taken /metrics port stops the proxy. CopilotInsight._start_metrics_server "
-    "(exporter/addon.py), called from the running() hook, reports the OSError through ErrorReporter.failed "
-    "(exporter/writer.py), which logs at ERROR level; mitmdump's errorcheck addon (mitmproxy/addons/errorcheck.py, "
-    "run by Master.run after running()) exits with 'Error logged during startup, exiting...' (status 1) when "
-    "an error was logged during start-up. The unit test in tests/test_hardening.py uses taddons, which has no "
-    "errorcheck, so it passes.",
-)
 def test_metrics_port_taken_is_logged_once_and_traffic_passes(tmp_path: Path) -> None:
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", 0))
@@ -591,15 +572,6 @@ def test_websocket_responses_frames_pass_unchanged_and_are_counted(stream_proxy:
     later_request_is_counted(backend, proxy, run.user)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporter bug: the calls of one WebSocket reuse request ids. CopilotInsight._websocket_message "
-    "(exporter/addon.py) names a call f'{x-request-id}#{len(calls)}', but `calls` holds only the calls in "
-    "flight and finished ones are popped, so the second call on the socket is '#0' again; Counter.decide then "
-    "finds that id among the counted requests and skips the agent round as 'retry_duplicate' instead of "
-    "'agent_step' (counts stay right; skip reasons and log request ids are wrong). Fix: a per-flow sequence "
-    "number that only grows.",
-)
 def test_websocket_calls_have_their_own_request_ids_and_skip_reasons(ws_run: WsRun) -> None:
     first, second = ws_run.records
     assert first["request_id"] != second["request_id"]
