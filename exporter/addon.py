@@ -124,6 +124,7 @@ class _Live:
         "client",
         "facts",
         "first_content_at",
+        "host",
         "initiator",
         "intent",
         "interaction_id",
@@ -145,6 +146,7 @@ class _Live:
         self,
         *,
         started: float,
+        host: str,
         role: HostRole,
         kind: Kind,
         path_model: str | None,
@@ -161,6 +163,7 @@ class _Live:
         wall_start: float | None = None,
     ) -> None:
         self.started = started
+        self.host = host
         self.role = role
         self.kind = kind
         self.path_model = path_model
@@ -627,7 +630,8 @@ class CopilotInsight:
             if flow.response.status_code == 407:
                 self._auth_failure()
             return
-        role = self.hosts.role(flow.request.pretty_host)
+        host = flow.request.pretty_host
+        role = self.hosts.role(host)
         if role is None:
             return
         req = flow.request
@@ -641,6 +645,7 @@ class CopilotInsight:
             kind = chat_mode(h.get("openai-intent"), h.get("x-interaction-type"))
         self.flows[flow.id] = _Live(
             started=self.clock(),
+            host=host,
             role=role,
             kind=kind,
             path_model=r.path_model,
@@ -826,7 +831,7 @@ class CopilotInsight:
             interaction_id=live.interaction_id,
             request_id=live.request_id,
             intent=live.intent,
-            host=flow.request.pretty_host,
+            host=live.host,
             method=flow.request.method,
             path=clean(flow.request.path.split("?", 1)[0], 256) or "/",
             status=status,
@@ -919,6 +924,7 @@ class CopilotInsight:
             calls.append(
                 _Live(
                     started=self.clock(),
+                    host=flow.request.pretty_host,
                     role=HostRole.API,
                     kind=Kind.CHAT_WS,
                     path_model=None,

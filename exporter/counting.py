@@ -26,25 +26,29 @@ class Skip(StrEnum):
 
 
 class SeenSet:
-    """A bounded, time-limited map of keys seen (interaction ids, request ids) to a small value."""
+    """A bounded, time-limited map of keys seen (interaction ids, request ids) to a small value.
+
+    Keys are kept as their 64-bit hash (stable within the process): a third of the memory of the ids."""
 
     def __init__(self, max_items: int = 100_000, ttl_seconds: float = 6 * 3600) -> None:
-        self._items: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._items: OrderedDict[int, tuple[float, str]] = OrderedDict()
         self._max = max_items
         self._ttl = ttl_seconds
 
     def get(self, key: str, now: float) -> str | None:
-        item = self._items.get(key)
+        h = hash(key)
+        item = self._items.get(h)
         if item is None:
             return None
         if now - item[0] > self._ttl:
-            del self._items[key]
+            del self._items[h]
             return None
         return item[1]
 
     def add(self, key: str, now: float, value: str = "") -> None:
-        self._items[key] = (now, value)
-        self._items.move_to_end(key)
+        h = hash(key)
+        self._items[h] = (now, value)
+        self._items.move_to_end(h)
         while len(self._items) > self._max:
             self._items.popitem(last=False)
         # Expire from the old end, a few at a time, so the set stays small without a sweep.
@@ -85,8 +89,9 @@ class Counter:
     """Holds the seen interaction ids and counted request ids; decides each call once."""
 
     def __init__(self, max_items: int = 100_000, ttl_seconds: float = 6 * 3600) -> None:
+        # A turn can run for hours (long agent sessions); a retry follows its request within seconds.
         self.turns = SeenSet(max_items, ttl_seconds)
-        self.requests = SeenSet(max_items, ttl_seconds)
+        self.requests = SeenSet(min(max_items, 20_000), min(ttl_seconds, 600.0))
 
     def decide(self, call: Call, answer: Answer | None, now: float) -> Decision:
         initiator, source = _initiator(call)

@@ -52,7 +52,8 @@ class UsageEvent:
 
     @property
     def day(self) -> str:
-        return self.timestamp.astimezone(UTC).strftime("%Y-%m-%d")
+        """The UTC day, YYYY-MM-DD (isoformat is several times faster than strftime)."""
+        return self.timestamp.astimezone(UTC).isoformat()[:10]
 
     @property
     def name(self) -> str:

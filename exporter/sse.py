@@ -120,20 +120,25 @@ class SSEDecoder:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         out: list[SSEEvent] = []
-        start = 0
-        while True:
-            nl = chunk.find(b"\n", start)
+        if self._skipping:  # inside an over-long line: drop up to its end
+            nl = chunk.find(b"\n")
             if nl < 0:
-                self._append(chunk[start:])
                 return out
-            if self._skipping:
-                self._skipping = False
-                self._buf.clear()
-            else:
-                self._buf += chunk[start:nl]
-                self._line(bytes(self._buf), out)
-                self._buf.clear()
-            start = nl + 1
+            self._skipping = False
+            chunk = chunk[nl + 1 :]
+        if self._buf:
+            self._buf += chunk
+            data = bytes(self._buf)
+            self._buf.clear()
+        else:
+            data = chunk
+        lines = data.split(b"\n")
+        tail = lines.pop()  # the part after the last newline: an unfinished line
+        for raw in lines:
+            self._line(raw, out)
+        if tail:
+            self._append(tail)
+        return out
 
     def close(self) -> list[SSEEvent]:
         """End of stream: a last line without a newline still counts (a truncated stream)."""

@@ -90,3 +90,12 @@ def test_corrupt_and_unknown_encodings_raise_decode_error() -> None:
         BodyDecoder("gzip").feed(b"definitely not gzip")
     with pytest.raises(DecodeError, match="unsupported"):
         BodyDecoder("compress")
+
+
+def test_long_line_split_over_chunks_is_dropped_then_decoding_resumes_mid_chunk() -> None:
+    d = SSEDecoder(max_line=10)
+    out = d.feed(b'data: {"a":1}\ndata: ' + b"x" * 20)
+    out += d.feed(b"y" * 5)
+    out += d.feed(b'yyy\ndata: {"b":2}\n\n')
+    assert out == [SSEEvent(None, '{"a":1}'), SSEEvent(None, '{"b":2}')]
+    assert d.dropped_lines == 1
