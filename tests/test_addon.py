@@ -375,3 +375,24 @@ def test_connection_close_forgets_connection_state(harness: Harness) -> None:
     assert harness.addon._conn_users[client.id] == "bob"
     harness.addon.client_disconnected(client)
     assert client.id not in harness.addon._conn_users
+
+
+def test_utc_day_rollover_follows_the_injected_clock(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    now = [datetime(2026, 11, 24, 23, 59, 59, 900000, tzinfo=UTC).timestamp()]
+    addon = CopilotInsight(clock=lambda: now[0])
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, copilot_data_dir=str(tmp_path), copilot_metrics_port=0)
+        h = Harness(addon, tctx, tmp_path)
+        h.flow(samples.BY_NAME["vscode_completion"], request_id="before-midnight")
+        now[0] += 0.2  # 00:00:00.1 UTC
+        h.flow(samples.BY_NAME["vscode_completion"], request_id="after-midnight")
+        h.flow(samples.BY_NAME["vscode_agent_turn"])
+        addon.done()
+    before = json.loads((tmp_path / "metrics" / "copilot-usage_2026-11-24.json").read_text())
+    after = json.loads((tmp_path / "metrics" / "copilot-usage_2026-11-25.json").read_text())
+    assert (before["total_completions_count"], before["total_chat_turns"]) == (1, 0)
+    assert (after["total_completions_count"], after["total_chat_turns"]) == (1, 1)
+    assert (tmp_path / "events" / "copilot-events_2026-11-24.jsonl").read_text().count("\n") == 1
+    assert (tmp_path / "events" / "copilot-events_2026-11-25.jsonl").read_text().count("\n") == 2
