@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -210,16 +211,19 @@ class AnswerParser:
             if nano is not None:
                 self.answer.nano_aiu = nano
 
-    def _completions(self, obj: dict[str, Any]) -> bool:
-        a = self.answer
-        content = False
+    def _choices(self, obj: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """A completions/chat chunk's model and error, then its choices as (index, choice)."""
         self._model(obj.get("model"))
         if "error" in obj:
             self._error(obj)
         for choice in _items(obj.get("choices")):
-            if not isinstance(choice, dict):
-                continue
-            index = _int(choice.get("index")) or 0
+            if isinstance(choice, dict):
+                yield _int(choice.get("index")) or 0, choice
+
+    def _completions(self, obj: dict[str, Any]) -> bool:
+        a = self.answer
+        content = False
+        for index, choice in self._choices(obj):
             text = choice.get("text")
             if isinstance(text, str) and text:
                 a.add_text(index, text)
@@ -233,13 +237,7 @@ class AnswerParser:
     def _chat(self, obj: dict[str, Any]) -> bool:
         a = self.answer
         content = False
-        self._model(obj.get("model"))
-        if "error" in obj:
-            self._error(obj)
-        for choice in _items(obj.get("choices")):
-            if not isinstance(choice, dict):
-                continue
-            index = _int(choice.get("index")) or 0
+        for index, choice in self._choices(obj):
             delta: Any = choice.get("delta")
             if not isinstance(delta, dict):
                 message = choice.get("message")
