@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -37,6 +36,7 @@ from exporter.sinks.otel import OtelConfigError, OtelSink, otel_sink_from_option
 from exporter.sinks.prometheus import PrometheusSink
 from tests import samples
 from tests.conftest import Harness
+from tests.e2e.harness import closed_port
 from tests.factories import chat, event
 
 AGENT_TURN = samples.AGENT_TURN_INTERACTION_ID
@@ -547,26 +547,10 @@ def test_a_failing_error_callback_does_not_escape() -> None:
 # -- the factory: options and OTEL_* environment --------------------------------------------------------
 
 
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _build(enabled: bool = True, endpoint: str | None = None, **kw: Any) -> OtelSink | None:
     args: dict[str, Any] = {
         "enabled": enabled,
-        "endpoint": f"http://127.0.0.1:{_closed_port()}" if endpoint is None else endpoint,
+        "endpoint": f"http://127.0.0.1:{closed_port()}" if endpoint is None else endpoint,
         "protocol": "",
         "headers": "",
         "service_name": "",
@@ -584,7 +568,7 @@ def _resource(sink: OtelSink) -> dict[str, Any]:
 
 def test_off_unless_configured(clean_env: pytest.MonkeyPatch) -> None:
     assert _build(enabled=False, endpoint="") is None
-    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
     sink = _build(enabled=False, endpoint="")
     assert sink is not None
     sink.close()

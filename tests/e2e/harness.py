@@ -48,6 +48,13 @@ class _Upstream(Protocol):
     def ca_cert_path(self) -> Path: ...
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released): connections to it are refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

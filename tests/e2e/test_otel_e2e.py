@@ -24,6 +24,7 @@ from exporter.sinks import otel
 from exporter.sinks.otel import OtelSink, otel_sink_from_options
 from tests import samples
 from tests.conftest import Harness
+from tests.e2e.harness import closed_port
 from tests.factories import event
 
 pytestmark = pytest.mark.e2e
@@ -106,22 +107,6 @@ def _metrics(receiver: Receiver) -> dict[str, list[Any]]:
                     kind = m.WhichOneof("data")
                     out[m.name] = [(m.unit, kind, p) for p in getattr(m, kind).data_points]
     return out
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("OTEL_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
 
 
 @pytest.fixture
@@ -290,7 +275,7 @@ def test_a_dead_collector_never_blocks_or_breaks_the_proxy(
 
     close_timeout = 3.0
     sink = _sink(
-        f"http://127.0.0.1:{_closed_port()}",
+        f"http://127.0.0.1:{closed_port()}",
         [],
         on_error=on_error,
         timeout_s=0.5,
@@ -364,7 +349,7 @@ def test_the_addon_counts_otlp_failures_and_rejects_bad_options(
     from mitmproxy import exceptions
 
     _wired(harness)
-    harness.tctx.configure(harness.addon, copilot_otel_endpoint=f"http://127.0.0.1:{_closed_port()}")
+    harness.tctx.configure(harness.addon, copilot_otel_endpoint=f"http://127.0.0.1:{closed_port()}")
     _events(harness)
     sink: Any = getattr(harness.addon, "otel", None)
     assert sink is not None

@@ -8,7 +8,7 @@ import pytest
 
 from tests import samples
 from tests.e2e.fakebackend import FakeCopilotBackend
-from tests.e2e.harness import Mitmdump, proxy_client, send
+from tests.e2e.harness import Mitmdump, closed_port, proxy_client, send
 from tests.e2e.test_e2e import (
     PASSWORDS,
     metric,
@@ -19,7 +19,7 @@ from tests.e2e.test_e2e import (
     variant,
     write_htpasswd,
 )
-from tests.e2e.test_otel_e2e import Receiver, _attrs, _closed_port, _metrics, _spans
+from tests.e2e.test_otel_e2e import Receiver, _attrs, _metrics, _spans
 
 pytestmark = pytest.mark.e2e
 
@@ -107,7 +107,7 @@ def _value_of(point: object) -> int:
 def test_a_dead_collector_never_stops_traffic_or_prometheus(tmp_path: Path) -> None:
     with FakeCopilotBackend() as backend:
         calls = _traffic(backend)
-        proxy = _start(backend, tmp_path, _closed_port(), copilot_otel_export_interval="0.3")
+        proxy = _start(backend, tmp_path, closed_port(), copilot_otel_export_interval="0.3")
         try:
             _send_all(proxy, calls, backend)
 
