@@ -32,7 +32,7 @@ from mitmproxy.test import taddons, tflow
 
 from benchmarks import traffic
 from benchmarks.bench import write_day_summary
-from exporter.addon import CopilotInsight
+from exporter.hooks import CopilotInsight
 from tests import samples
 
 _BY_NAME = {e.name: e for e in traffic.EXCHANGES}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+OnOverflow = Callable[[str], None] | None
+
 OTHER = "other"
 UNKNOWN = "unknown"
 
@@ -80,15 +82,20 @@ class LabelBounds:
 
     def capped(self, label: str, value: str | None) -> str:
         """First come, first kept: up to the cap distinct values, then `other`."""
+        kept, folded = self.cap(label, value)
+        return self._overflow(label) if folded else kept
+
+    def cap(self, label: str, value: str | None) -> tuple[str, bool]:
+        """`capped` without counting: the value kept, and whether it was folded."""
         if not value:
-            return UNKNOWN
+            return UNKNOWN, False
         seen = self._seen[label]
         if value in seen:
-            return value
+            return value, False
         if len(seen) >= self._caps[label]:
-            return self._overflow(label)
+            return OTHER, True
         seen.add(value)
-        return value
+        return value, False
 
     def editor(self, value: str | None) -> str:
         if not value:
@@ -106,3 +113,80 @@ class LabelBounds:
         if not _PLAUSIBLE_LANGUAGE.match(value):
             return self._overflow("language")
         return self.capped("language", value)
+
+
+# Labels whose values come from the network; these fold into `other` once the series cap is reached.
+FOLDABLE = frozenset({"user", "editor", "language", "model", "editor_version", "plugin", "plugin_version"})
+# Labels capped by first come, first kept (editor and language are bounded when the event is built).
+_CAPPED = frozenset({"user", "model", "editor_version", "plugin", "plugin_version"})
+
+
+class LabelPolicy:
+    """The one place label values are bounded for every metric sink: per-label caps, then the series cap.
+
+    `bound(metric, labels, names, folded)` returns the label values sinks record. Past `max_series` distinct
+    label sets, a new set has its network-derived values folded into `other`. Results are cached by raw
+    values (the mapping of a value never changes once made); each fold is counted once per event, through
+    `folded`, the set of labels already counted for the event at hand.
+    """
+
+    def __init__(
+        self, max_users: int = 500, max_models: int = 100, max_series: int = 10_000, on_overflow: OnOverflow = None
+    ) -> None:
+        self.bounds = LabelBounds(max_users=max_users, max_models=max_models, on_overflow=on_overflow)
+        self.max_series = max_series
+        self._on_overflow = on_overflow
+        self._series: set[tuple[str, ...]] = set()
+        self._cache: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._plans: dict[str, tuple[tuple[str | None, bool], ...]] = {}
+
+    def set_caps(self, max_users: int, max_models: int, max_series: int) -> None:
+        self.bounds.set_caps(max_users=max_users, max_models=max_models)
+        self.max_series = max_series
+        self._cache.clear()
+
+    def _plan(self, metric: str, names: tuple[str, ...]) -> tuple[tuple[str | None, bool], ...]:
+        plan = self._plans.get(metric)
+        if plan is None:
+            plan = tuple((name if name in _CAPPED else None, name in FOLDABLE) for name in names)
+            self._plans[metric] = plan
+        return plan
+
+    def _compute(
+        self, metric: str, labels: tuple[str, ...], names: tuple[str, ...]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        plan = self._plan(metric, names)
+        values: list[str] = []
+        folds: list[str] = []
+        for (cap, _), value in zip(plan, labels, strict=True):
+            if cap is None:
+                values.append(value)
+                continue
+            kept, folded = self.bounds.cap(cap, value)
+            values.append(kept)
+            if folded:
+                folds.append(cap)
+        series = (metric, *values)
+        if series not in self._series:
+            if len(self._series) >= self.max_series:
+                values = [OTHER if fold else v for (_, fold), v in zip(plan, values, strict=True)]
+                series = (metric, *values)
+                folds.append("series")
+            self._series.add(series)
+        return tuple(values), tuple(folds)
+
+    def bound(self, metric: str, labels: tuple[str, ...], names: tuple[str, ...], folded: set[str]) -> tuple[str, ...]:
+        key = (metric, *labels)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._compute(metric, labels, names)
+            if len(self._cache) >= 4 * self.max_series:
+                self._cache.clear()  # hostile raw values: keep the cache bounded (the mapping itself is kept)
+            self._cache[key] = hit
+        values, folds = hit
+        for label in folds:
+            if label not in folded:
+                folded.add(label)
+                if self._on_overflow is not None:
+                    self._on_overflow(label)
+        return values

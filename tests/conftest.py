@@ -11,26 +11,46 @@ import pytest
 from mitmproxy import connection, http
 from mitmproxy.test import taddons, tflow
 
-from exporter.addon import CopilotInsight
+from exporter.dispatch import Emitted, Health
 from exporter.events import UsageEvent
+from exporter.hooks import CopilotInsight
 from tests.samples import Exchange
+
+
+class CaptureSink:
+    """A sink that keeps every event and health signal it is handed (the in-memory exporter of this project)."""
+
+    name = "capture"
+
+    def __init__(self) -> None:
+        self.items: list[Emitted] = []
+        self.signals: list[Health] = []
+
+    def handle(self, item: Emitted) -> None:
+        self.items.append(item)
+
+    def health(self, signal: Health) -> None:
+        self.signals.append(signal)
+
+    def close(self) -> None:
+        return None
 
 
 class Harness:
     """An addon inside a taddons context, capturing every event it emits."""
 
-    def __init__(self, addon: CopilotInsight, tctx: Any, data_dir: Path) -> None:
+    def __init__(self, addon: CopilotInsight, tctx: Any, data_dir: Path, capture: CaptureSink | None = None) -> None:
+        if capture is None:
+            capture = CaptureSink()
+            addon.outputs.dispatcher.replace(capture.name, capture)
         self.addon = addon
         self.tctx = tctx
         self.data_dir = data_dir
-        self.events: list[UsageEvent] = []
-        emit = addon._emit
+        self.capture = capture
 
-        def capture(event: UsageEvent, recording: Any) -> None:
-            self.events.append(event)
-            emit(event, recording)
-
-        addon._emit = capture  # type: ignore[method-assign]
+    @property
+    def events(self) -> list[UsageEvent]:
+        return [item.event for item in self.capture.items]
 
     def sample(self, name: str | None = None, **labels: str) -> float:
         if name is None:
@@ -104,9 +124,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 @pytest.fixture
 def harness(tmp_path: Path) -> Iterator[Harness]:
-    addon = CopilotInsight()
+    capture = CaptureSink()
+    addon = CopilotInsight(sinks=[capture])
     with taddons.context(addon) as tctx:
         tctx.configure(addon, copilot_data_dir=str(tmp_path), copilot_metrics_port=0)
-        h = Harness(addon, tctx, tmp_path)
+        h = Harness(addon, tctx, tmp_path, capture)
         yield h
         addon.done()

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from exporter.dispatch import Dispatcher, Emitted, Health, LabelOverflow
 from exporter.events import UsageEvent
+from exporter.labels import LabelPolicy
+from exporter.writer import ErrorReporter
 
 DEFAULTS: dict[str, Any] = {
     "timestamp": datetime(2026, 11, 24, 12, 0, 0, tzinfo=UTC),
@@ -63,3 +66,32 @@ def chat(**overrides: Any) -> UsageEvent:
     }
     base.update(overrides)
     return event(**base)
+
+
+class Driven:
+    """One sink behind a real Dispatcher and LabelPolicy: tests hand it events as the addon would.
+
+    Attribute access falls through to the sink (its registry, its files...)."""
+
+    def __init__(self, sink: Any, max_users: int = 500, max_models: int = 100, max_series: int = 10_000) -> None:
+        self.sink = sink
+        self.failures: list[str] = []
+        policy = LabelPolicy(
+            max_users, max_models, max_series, on_overflow=lambda label: self.health(LabelOverflow(label))
+        )
+        self.dispatcher = Dispatcher(ErrorReporter(self.failures.append), policy, [sink])
+
+    def handle(self, event: UsageEvent, recording: Any = None) -> None:
+        self.dispatcher.emit(event, recording)
+
+    def health(self, signal: Health) -> None:
+        self.dispatcher.health(signal)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.sink, name)
+
+
+def emitted(event: UsageEvent, recording: Any = None, policy: LabelPolicy | None = None) -> Emitted:
+    """What a sink receives for `event`, bounded by `policy` (default caps)."""
+    dispatcher = Dispatcher(ErrorReporter(lambda _: None), policy or LabelPolicy())
+    return Emitted(event, dispatcher.bounded(event), recording)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import os
@@ -13,8 +14,8 @@ from mitmproxy import connection, options
 from mitmproxy.proxy.context import Context
 from mitmproxy.test import taddons, tflow, tutils
 
-from exporter.addon import CopilotInsight
 from exporter.classify import HostRole
+from exporter.hooks import CopilotInsight
 from tests import samples
 from tests.conftest import Harness
 
@@ -138,7 +139,7 @@ def test_user_from_connect_proxy_authorization_without_proxyauth(harness: Harnes
     connect = tflow.tflow(client_conn=client)
     connect.request.method = "CONNECT"
     connect.request.headers["Proxy-Authorization"] = samples.CONNECT_WITH_AUTH.request_headers[-1][1]
-    harness.addon.http_connect(connect)
+    harness.addon.users.http_connect(connect)
     harness.flow(samples.BY_NAME["vscode_completion"], user=None, client=client)
     assert harness.last().user == "alice"
     harness.flow(samples.BY_NAME["neovim_completion"], user=None)
@@ -149,7 +150,7 @@ def test_proxy_auth_failures_are_counted(harness: Harness) -> None:
     f = tflow.tflow()
     f.request.method = "CONNECT"
     f.response = tutils.tresp(status_code=407)
-    harness.addon.http_connect(f)
+    harness.addon.users.http_connect(f)
     assert harness.sample("copilot_proxy_auth_failures_total") == 1
 
 
@@ -260,11 +261,11 @@ def test_only_copilot_hosts_are_intercepted(harness: Harness) -> None:
         ("pypi.org", False),
     ):
         data = hello(host)
-        harness.addon.tls_clienthello(data)
+        harness.addon.interception.tls_clienthello(data)
         assert data.ignore_connection is (not intercepted), host
     harness.tctx.configure(harness.addon, copilot_intercept="all")
     data = hello("pypi.org")
-    harness.addon.tls_clienthello(data)
+    harness.addon.interception.tls_clienthello(data)
     assert data.ignore_connection is False
 
 
@@ -314,8 +315,9 @@ def test_failing_sink_does_not_stop_the_others(harness: Harness, monkeypatch: py
     def boom(*_a: object) -> None:
         raise RuntimeError("disk on fire")
 
-    assert harness.addon.daily is not None
-    monkeypatch.setattr(harness.addon.daily, "handle", boom)
+    daily = harness.addon.outputs.sink("daily")
+    assert daily is not None
+    monkeypatch.setattr(daily, "handle", boom)
     harness.flow(samples.BY_NAME["vscode_completion"])
     assert harness.sample("copilot_exporter_errors_total", component="daily") == 1
     assert (
@@ -371,10 +373,13 @@ def test_connection_close_forgets_connection_state(harness: Harness) -> None:
     client = connection.Client(peername=("127.0.0.1", 5000), sockname=("127.0.0.1", 8080), timestamp_start=0)
     connect = tflow.tflow(client_conn=client)
     connect.request.headers["Proxy-Authorization"] = "bob"
-    harness.addon.http_connect(connect)
-    assert harness.addon._conn_users[client.id] == "bob"
+    users = harness.addon.users
+    users.http_connect(connect)
+    assert users.users[client] == "bob"
     harness.addon.client_disconnected(client)
-    assert client.id not in harness.addon._conn_users
+    del connect, client  # the connection object is gone: so is its user (a weak map, like mitmproxy's proxyauth)
+    gc.collect()
+    assert len(users.users) == 0
 
 
 def test_utc_day_rollover_follows_the_injected_clock(tmp_path: Path) -> None:

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from exporter.insight import insight_path
 from exporter.sinks.daily import DailySink, DaySummary, summary_from_log_lines, summary_path, write_atomically
 from exporter.writer import BackgroundWriter, ErrorReporter
-from tests.factories import chat, event
+from tests.factories import Driven, chat, event
 
 DAY = "2026-11-24"
 
 
-def _sink(tmp_path: Path) -> tuple[DailySink, BackgroundWriter, list[str]]:
+def _sink(tmp_path: Path) -> tuple[Driven, BackgroundWriter, list[str]]:
     errors: list[str] = []
     writer = BackgroundWriter(ErrorReporter(errors.append))
-    return DailySink(tmp_path, writer), writer, errors
+    return Driven(DailySink(tmp_path, writer)), writer, errors
 
 
 def test_schema_matches_the_original_tool() -> None:
@@ -124,7 +125,8 @@ def test_failed_write_keeps_the_old_file_and_retries(tmp_path: Path, monkeypatch
     sink.handle(event())
     writer.flush()
     assert path.read_text() == old and errors == ["daily"]
-    assert os.listdir(path.parent) == [path.name]  # the failed attempt's temp file is not left behind
+    # The failed attempts' temp files are not left behind.
+    assert sorted(os.listdir(path.parent)) == sorted([path.name, insight_path(tmp_path, DAY).name])
     monkeypatch.setattr(os, "replace", real_replace)
     writer.flush()
     assert json.loads(path.read_text())["total_completions_count"] == 2
@@ -207,8 +209,10 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path: Path) -> None:
     metrics.mkdir()
     stale = metrics / f".copilot-usage_{DAY}.json.999999.tmp"
     stale.write_text('{"day": "2026-11-24", "to')
+    stale_extended = metrics / f".copilot-insight_{DAY}.json.999999.tmp"
+    stale_extended.write_text('{"schema_version": 1, "da')
     sink, writer, errors = _sink(tmp_path)
     sink.handle(event())
     writer.flush()
-    assert not stale.exists() and errors == []
-    assert sorted(os.listdir(metrics)) == [f"copilot-usage_{DAY}.json"]
+    assert not stale.exists() and not stale_extended.exists() and errors == []
+    assert sorted(os.listdir(metrics)) == [f"copilot-insight_{DAY}.json", f"copilot-usage_{DAY}.json"]

@@ -24,10 +24,10 @@ from mitmproxy.test import taddons
 from mitmproxy.utils.htpasswd import HtpasswdFile
 
 from exporter import metricdefs as md
-from exporter.addon import CopilotInsight
 from exporter.classify import HostTable, Kind, route
 from exporter.counting import Skip
 from exporter.events import UsageEvent
+from exporter.hooks import CopilotInsight
 from exporter.sinks.daily import DaySummary
 from exporter.sinks.jsonlog import JsonLogSink, log_path
 from exporter.sinks.recorder import RecorderSink, Recording
@@ -183,7 +183,7 @@ def real_log_line(**overrides: Any) -> dict[str, Any]:
     out = io.StringIO()
     writer = BackgroundWriter(ErrorReporter(lambda c: None))
     sink = JsonLogSink(Path("/nonexistent"), "stdout", writer, stdout=out)
-    sink.handle(factories.event(**overrides))
+    sink.log(factories.event(**overrides))
     assert writer.flush()
     line: dict[str, Any] = json.loads(out.getvalue().splitlines()[0])
     return line
@@ -432,7 +432,7 @@ def test_reference_recording_example_has_the_keys_the_recorder_writes(tmp_path: 
         response_headers=[("content-type", "text/event-stream")],
         response_content=[{"choices": [{"text": "\n    return x + y"}]}],
     )
-    recorder.handle(factories.event(), recording)
+    recorder.handle(factories.emitted(factories.event(), recording))
     assert writer.flush()
     files = list((tmp_path / "usage").rglob("*.json"))
     assert len(files) == 1

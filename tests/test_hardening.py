@@ -16,7 +16,7 @@ from mitmproxy import exceptions
 from mitmproxy.test import taddons
 from prometheus_client import generate_latest
 
-from exporter.addon import CopilotInsight
+from exporter.hooks import CopilotInsight
 from tests import samples
 from tests.conftest import Harness
 from tests.e2e.fakebackend import CertificateAuthority

@@ -11,13 +11,13 @@ import pytest
 
 from exporter.sinks.jsonlog import JsonLogSink, log_path, redact_value
 from exporter.writer import BackgroundWriter, ErrorReporter
-from tests.factories import chat, event
+from tests.factories import Driven, chat, event
 
 
-def _sink(tmp_path: Path, mode: str = "file") -> tuple[JsonLogSink, BackgroundWriter, io.StringIO]:
+def _sink(tmp_path: Path, mode: str = "file") -> tuple[Driven, BackgroundWriter, io.StringIO]:
     out = io.StringIO()
     writer = BackgroundWriter(ErrorReporter(lambda c: None))
-    return JsonLogSink(tmp_path, mode, writer, stdout=out), writer, out
+    return Driven(JsonLogSink(tmp_path, mode, writer, stdout=out)), writer, out
 
 
 def test_one_line_per_event_with_the_contract_fields(tmp_path: Path) -> None:

@@ -26,25 +26,28 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 from opentelemetry.trace import SpanKind, StatusCode
 
-from exporter import __version__
+from exporter import __version__, observe, otel_config, otel_pipeline
 from exporter import metricdefs as md
+from exporter.dispatch import AuthFailure, ExporterError
 from exporter.events import UsageEvent
 from exporter.identity import pseudonym
-from exporter.labels import LabelBounds
+from exporter.otel_config import OtelConfigError
+from exporter.otel_pipeline import build_otel_sink
+from exporter.settings import OtelOptions
 from exporter.sinks import otel
-from exporter.sinks.otel import OtelConfigError, OtelSink, otel_sink_from_options
+from exporter.sinks.otel import OtelSink
 from exporter.sinks.prometheus import PrometheusSink
 from tests import samples
 from tests.conftest import Harness
 from tests.e2e.harness import closed_port
-from tests.factories import chat, event
+from tests.factories import Driven, chat, event
 
 AGENT_TURN = samples.AGENT_TURN_INTERACTION_ID
 
 
 @dataclass
 class Otel:
-    sink: OtelSink
+    sink: Driven  # the OtelSink behind a real dispatcher and label policy
     reader: InMemoryMetricReader
     spans: InMemorySpanExporter
 
@@ -82,13 +85,18 @@ class Otel:
         return self.spans.get_finished_spans()
 
 
+_CAPS = ("max_users", "max_models", "max_series")
+
+
 def make(**kwargs: Any) -> Otel:
+    """An OtelSink on in-memory providers, behind a dispatcher (caps: max_users, max_models, max_series)."""
     reader = InMemoryMetricReader()
     spans = InMemorySpanExporter()
     tracer_provider = TracerProvider()
     tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    caps = {k: kwargs.pop(k) for k in _CAPS if k in kwargs}
     sink = OtelSink(MeterProvider(metric_readers=[reader]), tracer_provider, **kwargs)
-    return Otel(sink, reader, spans)
+    return Otel(Driven(sink, **caps), reader, spans)
 
 
 @pytest.fixture
@@ -98,7 +106,7 @@ def o() -> Iterator[Otel]:
     x.sink.close()
 
 
-def replay(h: Harness, sink: OtelSink | None = None) -> list[UsageEvent]:
+def replay(h: Harness, sink: Driven | None = None) -> list[UsageEvent]:
     for ex in samples.ALL:
         h.flow(ex)
     if sink is not None:
@@ -134,8 +142,8 @@ def test_every_otel_instrument_of_the_table_is_exported(o: Otel) -> None:
     o.sink.handle(event())
     o.sink.handle(event(counted=False, skip_reason="speculative"))
     o.sink.handle(event(counted=False, skip_reason="http_error", status=429))
-    o.sink.auth_failure()
-    o.sink.exporter_error("jsonlog")
+    o.sink.health(AuthFailure())
+    o.sink.health(ExporterError("jsonlog"))
     small = make(max_users=1)
     small.sink.handle(event(user="bob"))
     small.sink.handle(event(user="carol"))
@@ -268,9 +276,9 @@ def test_errors_responses_and_failures(o: Otel) -> None:
     assert spans[None].status.description == "Client disconnected."
     assert spans[None].attributes["error.type"] == "no_response"
     assert spans[200].status.status_code is StatusCode.UNSET and "error.type" not in spans[200].attributes
-    o.sink.exporter_error("otel_traces")
-    o.sink.exporter_error("otel_traces")
-    o.sink.auth_failure()
+    o.sink.health(ExporterError("otel_traces"))
+    o.sink.health(ExporterError("otel_traces"))
+    o.sink.health(AuthFailure())
     assert o.value("copilot.exporter_errors", **{"copilot.component": "otel_traces"}) == 2
     assert o.value("copilot.proxy_auth_failures") == 1
 
@@ -396,7 +404,7 @@ def test_users_already_pseudonymous_are_not_hashed_again() -> None:
 
 
 def test_series_cap_folds_like_the_prometheus_sink() -> None:
-    prom = PrometheusSink(LabelBounds(), max_series=20)
+    prom = Driven(PrometheusSink(), max_series=20)
     x = make(max_series=20)
     events = [event(user=f"user{i:02d}", language=("python", "go")[i % 2]) for i in range(30)]
     events += [chat(user=f"user{i:02d}") for i in range(5)]
@@ -466,7 +474,7 @@ def test_operation_names_and_span_names() -> None:
     x.sink.handle(chat(model=None))
     x.sink.handle(event(kind="telemetry", model_call=False, counted=False, skip_reason="not_interaction", model=None))
     assert [s.name for s in x.finished()] == ["chat copilot-nes-xtab", "embeddings text-embedding-3-small", "chat"]
-    assert otel.operation_name("telemetry") is None
+    assert observe.operation_name("telemetry") is None
     x.sink.close()
 
 
@@ -475,7 +483,7 @@ def test_close_shuts_the_providers_down_once(o: Otel) -> None:
     o.sink.close()
     o.sink.close()
     o.sink.handle(event())  # ignored after close, never raises
-    o.sink.exporter_error("x")
+    o.sink.health(ExporterError("x"))
     assert len(o.finished()) == 1
     assert o.spans._stopped  # the span exporter was shut down with the provider
 
@@ -518,7 +526,7 @@ class _FailingMetrics(MetricExporter):
 def test_span_export_failures_are_counted(result: SpanExportResult | Exception) -> None:
     errors: list[str] = []
     inner = _FailingSpans(result)
-    wrapped = otel.CountingSpanExporter(inner, errors.append)
+    wrapped = otel_pipeline.CountingSpanExporter(inner, errors.append)
     out = wrapped.export([])
     failed = result is not SpanExportResult.SUCCESS
     assert out is (SpanExportResult.FAILURE if failed else SpanExportResult.SUCCESS)
@@ -530,7 +538,7 @@ def test_span_export_failures_are_counted(result: SpanExportResult | Exception) 
 @pytest.mark.parametrize("result", [MetricExportResult.FAILURE, RuntimeError("boom"), MetricExportResult.SUCCESS])
 def test_metric_export_failures_are_counted(result: MetricExportResult | Exception) -> None:
     errors: list[str] = []
-    wrapped = otel.CountingMetricExporter(_FailingMetrics(result), errors.append)
+    wrapped = otel_pipeline.CountingMetricExporter(_FailingMetrics(result), errors.append)
     failed = result is not MetricExportResult.SUCCESS
     assert (wrapped.export(MetricsData(resource_metrics=[])) is MetricExportResult.FAILURE) is failed
     assert errors == (["otel_metrics"] if failed else [])
@@ -540,7 +548,7 @@ def test_a_failing_error_callback_does_not_escape() -> None:
     def broken(component: str) -> None:
         raise RuntimeError(component)
 
-    wrapped = otel.CountingSpanExporter(_FailingSpans(SpanExportResult.FAILURE), broken)
+    wrapped = otel_pipeline.CountingSpanExporter(_FailingSpans(SpanExportResult.FAILURE), broken)
     assert wrapped.export([]) is SpanExportResult.FAILURE
 
 
@@ -548,18 +556,10 @@ def test_a_failing_error_callback_does_not_escape() -> None:
 
 
 def _build(enabled: bool = True, endpoint: str | None = None, **kw: Any) -> OtelSink | None:
-    args: dict[str, Any] = {
-        "enabled": enabled,
-        "endpoint": f"http://127.0.0.1:{closed_port()}" if endpoint is None else endpoint,
-        "protocol": "",
-        "headers": "",
-        "service_name": "",
-        "export_interval_s": 0.0,
-        "pseudonymize_key": "",
-        "on_error": lambda component: None,
-    }
-    args.update(kw)
-    return otel_sink_from_options(**args, timeout_s=0.5, close_timeout_s=2.0)
+    options = OtelOptions(
+        enabled=enabled, endpoint=f"http://127.0.0.1:{closed_port()}" if endpoint is None else endpoint, **kw
+    )
+    return build_otel_sink(options, lambda component: None, timeout_s=0.5, close_timeout_s=2.0)
 
 
 def _resource(sink: OtelSink) -> dict[str, Any]:
@@ -577,7 +577,7 @@ def test_off_unless_configured(clean_env: pytest.MonkeyPatch) -> None:
 
 
 def test_endpoints_from_option_environment_and_default(clean_env: pytest.MonkeyPatch) -> None:
-    resolve = otel.resolve_settings
+    resolve = otel_config.resolve_settings
     st = resolve(False, "http://collector:4318/base/", "", "", 0)
     assert st is not None
     assert (st.traces_endpoint, st.metrics_endpoint) == (
@@ -644,42 +644,42 @@ def test_grpc_without_its_package_says_what_to_install(clean_env: pytest.MonkeyP
 
 
 def test_headers_timeout_and_interval(clean_env: pytest.MonkeyPatch) -> None:
-    assert otel.parse_headers("api-key=s3cret, x-tenant=a%20b") == {"api-key": "s3cret", "x-tenant": "a b"}
-    st = otel.resolve_settings(True, "", "", "api-key=s3cret", 2.5)
+    assert otel_config.parse_headers("api-key=s3cret, x-tenant=a%20b") == {"api-key": "s3cret", "x-tenant": "a b"}
+    st = otel_config.resolve_settings(True, "", "", "api-key=s3cret", 2.5)
     assert st is not None
     assert st.headers == {"api-key": "s3cret"}
     assert st.export_interval_ms == 2500
-    assert st.timeout_s == otel.DEFAULT_EXPORT_TIMEOUT_S
+    assert st.timeout_s == otel_config.DEFAULT_EXPORT_TIMEOUT_S
     assert "s3cret" not in st.describe() and "api-key" in st.describe()
     clean_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "1234")
     clean_env.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "7")
     clean_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "authorization=Bearer%20xyz")
-    st = otel.resolve_settings(True, "", "", "", 0)
+    st = otel_config.resolve_settings(True, "", "", "", 0)
     assert st is not None
     assert st.export_interval_ms == 1234
     assert st.timeout_s is None and st.headers is None  # the SDK exporters read these variables themselves
     assert "authorization" in st.describe() and "xyz" not in st.describe()
     clean_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "soon")
     with pytest.raises(OtelConfigError, match="OTEL_METRIC_EXPORT_INTERVAL"):
-        otel.resolve_settings(True, "", "", "", 0)
+        otel_config.resolve_settings(True, "", "", "", 0)
 
 
 def test_the_factory_builds_real_providers(clean_env: pytest.MonkeyPatch) -> None:
     sink = _build(headers="api-key=s3cret", export_interval_s=2.5)
     assert sink is not None and sink.settings is not None
     assert sink.settings.headers == {"api-key": "s3cret"}
-    sink.handle(event())
+    Driven(sink).handle(event())
     sink.close()
 
 
 def test_a_signal_can_be_switched_off(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OTEL_TRACES_EXPORTER", "none")
-    st = otel.resolve_settings(True, "", "", "", 0)
+    st = otel_config.resolve_settings(True, "", "", "", 0)
     assert st is not None and not st.traces and st.metrics
     assert st.describe().startswith("OTLP http/protobuf metrics:")
     sink = _build()
     assert sink is not None
-    sink.handle(event())
+    Driven(sink).handle(event())
     sink.close()
 
 

@@ -9,28 +9,25 @@ import pytest
 from prometheus_client import generate_latest
 
 from exporter import metricdefs as md
-from exporter.labels import LabelBounds
+from exporter.dispatch import AuthFailure, ClientSeen, ExporterError, LabelOverflow
+from exporter.metrics_server import serve_metrics
 from exporter.sinks.prometheus import PrometheusSink
-from tests.factories import chat, event
+from tests.factories import Driven, chat, event
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics_help_type.txt"
 
 
-def _sink(**caps: int) -> PrometheusSink:
-    holder: list[PrometheusSink] = []
-    bounds = LabelBounds(on_overflow=lambda label: holder[0].label_overflow(label), **caps)
-    sink = PrometheusSink(bounds)
-    holder.append(sink)
-    return sink
+def _sink(**caps: int) -> Driven:
+    return Driven(PrometheusSink(), **caps)
 
 
 def test_golden_names_help_and_type() -> None:
     sink = _sink()
     sink.handle(event())
-    sink.client_seen("alice", "vscode", "1.111.0", "copilot-chat", "0.42.0")
-    sink.auth_failure()
-    sink.exporter_error("daily")
-    sink.label_overflow("user")
+    sink.health(ClientSeen("alice", "vscode", "1.111.0", "copilot-chat", "0.42.0"))
+    sink.health(AuthFailure())
+    sink.health(ExporterError("daily"))
+    sink.health(LabelOverflow("user"))
     sink.build_info("0.1.0", "12.3.1")
     text = generate_latest(sink.registry).decode()
     lines = [line for line in text.splitlines() if line.startswith(("# HELP", "# TYPE"))]
@@ -100,25 +97,23 @@ def test_user_and_model_caps_fold_into_other_and_count() -> None:
 def test_metrics_server_serves_and_releases_its_port() -> None:
     sink = _sink()
     sink.handle(event())
-    sink.start_server("127.0.0.1", 0)
-    port = sink.server_port
-    assert port
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    server = serve_metrics(sink.registry, "127.0.0.1", 0)
+    port = server.port
+    assert port and server.url == f"http://127.0.0.1:{port}/metrics"
+    body = urllib.request.urlopen(server.url, timeout=5).read().decode()
     assert 'copilot_requests_total{editor="vscode",kind="completion",language="python",user="alice"} 1.0' in body
-    sink.stop_server()
-    again = _sink()
-    again.start_server("127.0.0.1", port)  # the port is free again (script reload)
-    again.stop_server()
+    server.close()
+    again = serve_metrics(_sink().registry, "127.0.0.1", port)  # the port is free again (script reload)
+    again.close()
 
 
 def test_taken_port_raises_oserror() -> None:
-    first = _sink()
-    first.start_server("127.0.0.1", 0)
+    first = serve_metrics(_sink().registry, "127.0.0.1", 0)
     try:
         with pytest.raises(OSError):
-            _sink().start_server("127.0.0.1", first.server_port or 0)
+            serve_metrics(_sink().registry, "127.0.0.1", first.port)
     finally:
-        first.stop_server()
+        first.close()
 
 
 def test_failed_calls_are_counted_per_user() -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from exporter.classify import CHAT_KINDS, Kind
+from exporter.dispatch import Emitted, Health
 from exporter.events import UsageEvent
+from exporter.insight import InsightDay, insight_path
 from exporter.writer import BackgroundWriter
 
 _CHAT = frozenset(k.value for k in CHAT_KINDS)
@@ -108,14 +110,14 @@ def write_atomically(path: Path, text: str) -> None:
 def remove_stale_temp_files(directory: Path) -> None:
     """Temp files of summary writes that a killed process left behind (never this process's own)."""
     mine = f".{os.getpid()}.tmp"
-    for tmp in directory.glob(".copilot-usage_*.tmp"):
+    for tmp in [*directory.glob(".copilot-usage_*.tmp"), *directory.glob(".copilot-insight_*.tmp")]:
         if not tmp.name.endswith(mine):
             tmp.unlink(missing_ok=True)
 
 
-def summary_from_log_lines(day: str, lines: Iterable[str]) -> tuple[DaySummary, int]:
-    """Rebuilds a day from JSON log lines; returns the summary and the number of unreadable lines."""
-    summary = DaySummary(day)
+def parse_log_lines(lines: Iterable[str]) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of an event log, and the number of unreadable lines (cut by a crash: never counted)."""
+    records: list[dict[str, Any]] = []
     bad = 0
     for line in lines:
         line = line.strip()
@@ -124,11 +126,18 @@ def summary_from_log_lines(day: str, lines: Iterable[str]) -> tuple[DaySummary, 
         try:
             rec = json.loads(line)
         except ValueError:
-            bad += 1  # a line cut by a crash: it was never complete, so never counted
+            bad += 1
             continue
-        if not isinstance(rec, dict) or rec.get("counted") is not True:
-            continue
-        if str(rec.get("timestamp", ""))[:10] != day:
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records, bad
+
+
+def summary_from_records(day: str, records: Iterable[Mapping[str, Any]]) -> DaySummary:
+    """Rebuilds a day's original-schema summary from parsed JSON log records."""
+    summary = DaySummary(day)
+    for rec in records:
+        if rec.get("counted") is not True or str(rec.get("timestamp", ""))[:10] != day:
             continue
         summary.add(
             str(rec.get("user") or "anonymous"),
@@ -136,68 +145,67 @@ def summary_from_log_lines(day: str, lines: Iterable[str]) -> tuple[DaySummary, 
             str(rec.get("summary_key") or "unknown"),
             str(rec.get("language") or "unknown"),
         )
-    return summary, bad
+    return summary
 
 
-class DailySink:
-    """Counts events into the current UTC day in memory; the writer thread flushes it every interval."""
+def summary_from_log_lines(day: str, lines: Iterable[str]) -> tuple[DaySummary, int]:
+    """Rebuilds a day from JSON log lines; returns the summary and the number of unreadable lines."""
+    records, bad = parse_log_lines(lines)
+    return summary_from_records(day, records), bad
 
-    def __init__(self, data_dir: Path, writer: BackgroundWriter) -> None:
+
+class _Book:
+    """One kind of daily file (original or extended): the days counted in memory, merged once with the file
+    already on disk (restart continuity), written atomically when dirty."""
+
+    def __init__(self, data_dir: Path, path: Callable[[Path, str], Path], new: Callable[[str], Any]) -> None:
         self._dir = data_dir
-        self._lock = threading.Lock()
-        self._days: dict[str, DaySummary] = {}  # days with counts not yet merged with their file
-        self._loaded: set[str] = set()
-        self._dirty: set[str] = set()
-        self._swept = False
-        writer.every_interval("daily", self.flush)
+        self._path = path
+        self._new = new
+        self.days: dict[str, Any] = {}
+        self.loaded: set[str] = set()
+        self.dirty: set[str] = set()
 
-    def handle(self, event: UsageEvent, detail: object = None) -> None:
-        if not event.counted:
-            return
+    def add(self, event: UsageEvent) -> None:
         day = event.day
-        with self._lock:
-            summary = self._days.get(day)
-            if summary is None:
-                summary = self._days[day] = DaySummary(day)
-            if summary.add_event(event):
-                self._dirty.add(day)
+        summary = self.days.get(day)
+        if summary is None:
+            summary = self.days[day] = self._new(day)
+        if summary.add_event(event):
+            self.dirty.add(day)
 
-    def flush(self) -> None:
-        """Writer thread: merge each dirty day with its file once (restart continuity), then write it."""
-        if not self._swept:
-            self._swept = True
-            remove_stale_temp_files(self._dir / "metrics")
-        with self._lock:
-            dirty = sorted(self._dirty)
+    def flush(self, lock: threading.Lock) -> None:
+        with lock:
+            dirty = sorted(self.dirty)
         for day in dirty:
-            path = summary_path(self._dir, day)
-            if day not in self._loaded:
+            path = self._path(self._dir, day)
+            if day not in self.loaded:
                 base = self._load(path, day)
-                with self._lock:
-                    base.merge(self._days[day].to_doc())
-                    self._days[day] = base
-                    self._loaded.add(day)
-            with self._lock:
+                with lock:
+                    base.merge(self.days[day].to_doc())
+                    self.days[day] = base
+                    self.loaded.add(day)
+            with lock:
                 # The C encoder (no indent) is fast enough to hold the lock the event loop also takes;
                 # the indented rendering happens after it is released.
-                compact = json.dumps(self._days[day].to_doc(), ensure_ascii=False)
-                self._dirty.discard(day)
+                compact = json.dumps(self.days[day].to_doc(), ensure_ascii=False)
+                self.dirty.discard(day)
             text = json.dumps(json.loads(compact), indent=4, ensure_ascii=False)
             try:
                 write_atomically(path, text)
             except OSError:
-                with self._lock:
-                    self._dirty.add(day)
+                with lock:
+                    self.dirty.add(day)
                 raise
         # Keep only today and yesterday in memory (a late event for yesterday still lands right).
-        with self._lock:
-            for day in sorted(self._days)[:-2]:
-                if day not in self._dirty:
-                    del self._days[day]
-                    self._loaded.discard(day)
+        with lock:
+            for day in sorted(self.days)[:-2]:
+                if day not in self.dirty:
+                    del self.days[day]
+                    self.loaded.discard(day)
 
-    def _load(self, path: Path, day: str) -> DaySummary:
-        summary = DaySummary(day)
+    def _load(self, path: Path, day: str) -> Any:
+        summary = self._new(day)
         try:
             text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -209,3 +217,45 @@ class DailySink:
             os.replace(path, path.with_name(f"{path.name}.corrupt"))
             raise
         return summary
+
+
+class DailySink:
+    """Counts events into the current UTC day in memory (the original summary and the extended one); the
+    writer thread flushes both every interval."""
+
+    name = "daily"
+
+    def __init__(self, data_dir: Path, writer: BackgroundWriter) -> None:
+        self._dir = data_dir
+        self._lock = threading.Lock()
+        self._books = (_Book(data_dir, summary_path, DaySummary), _Book(data_dir, insight_path, InsightDay))
+        self._swept = False
+        writer.every_interval("daily", self.flush)
+
+    def handle(self, item: Emitted) -> None:
+        event = item.event
+        if not (event.counted or event.model_call):
+            return
+        with self._lock:
+            for book in self._books:
+                book.add(event)
+
+    def health(self, signal: Health) -> None:
+        return None
+
+    def close(self) -> None:
+        return None  # the writer runs a last flush when it stops
+
+    def flush(self) -> None:
+        """Writer thread: write every day with new counts, original file first."""
+        if not self._swept:
+            self._swept = True
+            remove_stale_temp_files(self._dir / "metrics")
+        failure: OSError | None = None
+        for book in self._books:
+            try:
+                book.flush(self._lock)
+            except OSError as e:  # the other file is still written; the failure is reported once
+                failure = failure or e
+        if failure is not None:
+            raise failure

@@ -11,6 +11,7 @@ from typing import IO, Any
 
 import structlog
 
+from exporter.dispatch import Emitted, Health
 from exporter.events import UsageEvent, iso_utc
 from exporter.writer import BackgroundWriter
 
@@ -76,8 +77,22 @@ class _LineSink:
     info = warning = error = debug = msg
 
 
+def logged(event: UsageEvent, log_skipped: bool) -> bool:
+    """Counted calls always; skipped ones that were model calls or failed, unless `log_skipped` is off."""
+    return event.counted or (log_skipped and (event.model_call or (event.status or 0) >= 400))
+
+
 class JsonLogSink:
-    def __init__(self, data_dir: Path, mode: str, writer: BackgroundWriter, stdout: IO[str] | None = None) -> None:
+    name = "jsonlog"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        mode: str,
+        writer: BackgroundWriter,
+        stdout: IO[str] | None = None,
+        log_skipped: bool = True,
+    ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown JSON log mode {mode!r}")
         self._dir = data_dir
@@ -85,6 +100,7 @@ class JsonLogSink:
         self._to_stdout = mode in ("stdout", "both")
         self._stdout = stdout if stdout is not None else sys.stdout
         self._writer = writer
+        self._log_skipped = log_skipped
         self._file: IO[str] | None = None
         self._file_day: str | None = None
         self._day = ""
@@ -105,11 +121,17 @@ class JsonLogSink:
     def enabled(self) -> bool:
         return self._to_file or self._to_stdout
 
-    def handle(self, event: UsageEvent, detail: object = None) -> None:
-        if not self.enabled:
+    def handle(self, item: Emitted) -> None:
+        self.log(item.event)
+
+    def log(self, event: UsageEvent) -> None:
+        if not self.enabled or not logged(event, self._log_skipped):
             return
         self._day = event.day
         self._logger.info(event.name, timestamp=iso_utc(event.timestamp), **event.log_fields())
+
+    def health(self, signal: Health) -> None:
+        return None
 
     def enqueue(self, line: str) -> None:
         """Event loop: keep the line for the writer thread (a deque append; the thread drains every batch)."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from exporter.classify import Kind
+from exporter.dispatch import Emitted, Health
 from exporter.events import UsageEvent, iso_utc
 from exporter.sinks.jsonlog import redact_value
 from exporter.writer import BackgroundWriter
@@ -70,21 +72,41 @@ class Recording:
     response_content: Any  # list of parsed stream events, or the parsed JSON body
 
 
+# Calls that carry credentials or account data rather than prompts: never recorded.
+_NEVER_RECORDED = frozenset({Kind.TOKEN_EXCHANGE.value, Kind.USER_INFO.value, Kind.ENDPOINT_DISCOVERY.value})
+
+
+def wants_recording(kind: str, record_telemetry: bool) -> bool:
+    """Whether a call of `kind` is recorded (telemetry posts only when asked for)."""
+    if kind == Kind.TELEMETRY.value:
+        return record_telemetry
+    return kind not in _NEVER_RECORDED
+
+
 class RecorderSink:
+    """Writes each recording it is handed (the tracker builds them only when recording is on)."""
+
+    name = "recorder"
+
     def __init__(self, data_dir: Path, writer: BackgroundWriter, record_telemetry: bool) -> None:
         self._dir = data_dir
         self._writer = writer
         self._record_telemetry = record_telemetry
 
     def wants(self, kind: str) -> bool:
-        if kind == "telemetry":
-            return self._record_telemetry
-        return kind not in ("token_exchange", "user_info", "endpoint_discovery")
+        return wants_recording(kind, self._record_telemetry)
 
-    def handle(self, event: UsageEvent, detail: object = None) -> None:
-        if not isinstance(detail, Recording) or not self.wants(event.kind):
+    def handle(self, item: Emitted) -> None:
+        rec, event = item.recording, item.event
+        if not isinstance(rec, Recording) or not self.wants(event.kind):
             return
-        self._writer.submit("recorder", lambda: self._write(event, detail))
+        self._writer.submit("recorder", lambda: self._write(event, rec))
+
+    def health(self, signal: Health) -> None:
+        return None
+
+    def close(self) -> None:
+        return None  # writes are jobs of the shared writer, which drains them when it stops
 
     def _write(self, event: UsageEvent, rec: Recording) -> None:
         doc = {

@@ -218,7 +218,9 @@ def read_log(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def read_summaries(data_dir: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((data_dir / "metrics").glob("*.json"))]
+    return [
+        json.loads(p.read_text(encoding="utf-8")) for p in sorted((data_dir / "metrics").glob("copilot-usage_*.json"))
+    ]
 
 
 def check_summary_schema(doc: dict[str, Any]) -> None:
@@ -580,6 +582,68 @@ def test_full_traffic_three_outputs_agree(full_run: FullRun) -> None:
         )
 
 
+def read_extended(data_dir: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(p.read_text(encoding="utf-8")) for p in sorted((data_dir / "metrics").glob("copilot-insight_*.json"))
+    ]
+
+
+def extended_counts(docs: Iterable[dict[str, Any]], section: str) -> Counter[tuple[str, ...]]:
+    """(user, *keys) -> n from one section of the extended summaries (three levels deep below the user)."""
+    out: Counter[tuple[str, ...]] = Counter()
+    for doc in docs:
+        for user, entry in doc["users"].items():
+            for a, level2 in entry[section].items():
+                for b, level3 in level2.items():
+                    if isinstance(level3, dict):
+                        for c, n in level3.items():
+                            out[(user, a, b, c)] += n
+                    else:
+                        out[(user, a, b)] += level3
+    return out
+
+
+def check_extended_against_metrics(docs: list[dict[str, Any]], metrics: Samples) -> None:
+    """The extended summary says per user what /metrics says (every model call and every interaction)."""
+    assert docs and all(d["schema_version"] == 1 for d in docs)
+    interactions = extended_counts(docs, "interactions")  # (user, kind, editor, language)
+    assert Counter({(u, e, lang, k): n for (u, k, e, lang), n in interactions.items()}) == metric(
+        metrics, "copilot_requests_total", ("user", "editor", "language", "kind")
+    )
+    assert extended_counts(docs, "model_calls") == metric(
+        metrics, "copilot_model_calls_total", ("user", "kind", "model", "initiator")
+    )
+    tokens = extended_counts(docs, "tokens")
+    assert Counter({k: n for k, n in tokens.items() if k[3] in ("input", "output")}) == metric(
+        metrics, "copilot_tokens_total", ("user", "kind", "model", "type")
+    )
+    assert extended_counts(docs, "errors") == metric(metrics, "copilot_user_errors_total", ("user", "kind", "code"))
+    skipped: Counter[tuple[str, ...]] = Counter()
+    for (_user, kind, reason), n in extended_counts(docs, "skipped").items():
+        skipped[(kind, reason)] += n
+    model_call_skips = Counter(
+        {k: n for k, n in metric(metrics, "copilot_skipped_requests_total", ("kind", "reason")).items() if k in skipped}
+    )
+    assert skipped == model_call_skips and skipped
+    for doc in docs:
+        users = doc["users"].values()
+        assert doc["totals"]["interactions"] == sum(u["totals"]["interactions"] for u in users)
+        assert doc["totals"]["model_calls"] == sum(u["totals"]["model_calls"] for u in users)
+
+
+def test_full_traffic_extended_summary_equals_metrics_log_and_rebuild(full_run: FullRun) -> None:
+    from exporter.rebuild import rebuild_both
+
+    docs = read_extended(full_run.data_dir)
+    check_extended_against_metrics(docs, full_run.metrics)
+    assert sum(d["totals"]["model_calls"] for d in docs) == sum(1 for r in full_run.log if r["model_call"])
+    assert sum(d["totals"]["interactions"] for d in docs) == sum(1 for r in full_run.log if r["counted"])
+    for doc in docs:
+        original, extended, bad = rebuild_both(full_run.data_dir, doc["day"], write=False)
+        assert bad == 0 and json.loads(extended) == doc
+        assert json.loads(original) == next(d for d in full_run.summaries if d["day"] == doc["day"])
+
+
 def test_full_traffic_bytes_reach_clients_unchanged(full_run: FullRun) -> None:
     backend = full_run.backend
     for call in full_run.calls:
@@ -744,6 +808,10 @@ def test_restart_in_the_middle_of_the_day_continues_the_summary_and_log(tmp_path
     lines_now = [p.read_text() for p in sorted((data / "events").glob("*.jsonl"))]
     assert "".join(lines_now).startswith("".join(lines_after_first))
     assert not list((data / "metrics").glob(".*.tmp"))
+    # The extended summary continued across the restart too: it holds both runs' interactions and calls.
+    extended = read_extended(data)
+    assert sum(d["totals"]["interactions"] for d in extended) == sum(expected_requests(first + second).values())
+    assert sum(d["totals"]["model_calls"] for d in extended) == len(model_rids)
 
 
 def test_flush_interval_can_be_set_on_the_command_line(tmp_path: Path) -> None:

@@ -20,12 +20,14 @@ from exporter import __version__
 from exporter import metricdefs as md
 from exporter.events import UsageEvent
 from exporter.identity import pseudonym
+from exporter.observe import operation_name
+from exporter.otel_pipeline import build_otel_sink
+from exporter.settings import OtelOptions
 from exporter.sinks import otel
-from exporter.sinks.otel import OtelSink, otel_sink_from_options
 from tests import samples
 from tests.conftest import Harness
 from tests.e2e.harness import closed_port
-from tests.factories import event
+from tests.factories import Driven, event
 
 pytestmark = pytest.mark.e2e
 
@@ -121,7 +123,12 @@ def _events(h: Harness) -> list[UsageEvent]:
     return h.events
 
 
-def _sink(endpoint: str, errors: list[str], **kw: Any) -> OtelSink:
+_TIMEOUTS = ("timeout_s", "close_timeout_s")
+_CAPS = ("max_users", "max_models", "max_series")
+
+
+def _sink(endpoint: str, errors: list[str], **kw: Any) -> Driven:
+    """The real OTLP pipeline's sink, behind a dispatcher (caps and timeouts may be given as keywords)."""
     args: dict[str, Any] = {
         "enabled": True,
         "endpoint": endpoint,
@@ -129,13 +136,14 @@ def _sink(endpoint: str, errors: list[str], **kw: Any) -> OtelSink:
         "headers": "x-api-key=s3cret",
         "service_name": "copilot-e2e",
         "export_interval_s": 3600.0,  # only explicit flushes export in these tests
-        "pseudonymize_key": "",
-        "on_error": errors.append,
     }
+    on_error = kw.pop("on_error", errors.append)
+    timeouts = {k: kw.pop(k) for k in _TIMEOUTS if k in kw}
+    caps = {k: kw.pop(k) for k in _CAPS if k in kw}
     args.update(kw)
-    sink = otel_sink_from_options(**args)
+    sink = build_otel_sink(OtelOptions(**args), on_error, **timeouts)
     assert sink is not None
-    return sink
+    return Driven(sink, **caps)
 
 
 def test_metrics_and_spans_reach_an_otlp_http_collector(
@@ -166,7 +174,7 @@ def test_metrics_and_spans_reach_an_otlp_http_collector(
         span = by_request[ev.request_id]
         a = _attrs(span.attributes)
         assert span.kind == Span.SPAN_KIND_CLIENT
-        assert span.name == f"{otel.operation_name(ev.kind)} {ev.model}"
+        assert span.name == f"{operation_name(ev.kind)} {ev.model}"
         assert span.start_time_unix_nano == round(ev.timestamp.timestamp() * 1e9)
         assert span.end_time_unix_nano - span.start_time_unix_nano == round((ev.duration_s or 0) * 1e9)
         assert a["gen_ai.request.model"] == ev.model
@@ -247,7 +255,7 @@ def test_pseudonyms_and_content_over_the_wire(
 ) -> None:
     harness.tctx.configure(harness.addon, copilot_capture_content=True)
     errors: list[str] = []
-    sink = _sink(f"http://127.0.0.1:{receiver.port}/", errors, pseudonymize_key="k", headers="")
+    sink = _sink(f"http://127.0.0.1:{receiver.port}/", errors, pseudonym_key="k", headers="")
     for ev in _events(harness):
         sink.handle(ev)
     sink.close()  # close flushes what is pending

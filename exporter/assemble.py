@@ -1,0 +1,103 @@
+"""Building the UsageEvent of a finished call: counting decision, times, error, bounded labels and content."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from exporter.classify import MODEL_CALL_KINDS, Kind
+from exporter.counting import Call, Counter, Decision
+from exporter.events import UsageEvent
+from exporter.identity import clean
+from exporter.labels import LabelBounds
+from exporter.streams import Answer
+
+if TYPE_CHECKING:
+    from exporter.calls import InFlightCall, ResponseMeta
+
+
+def decide(call: InFlightCall, resp: ResponseMeta, counter: Counter) -> Decision:
+    """Runs the counting policy once for a finished call."""
+    answer = call.parser.answer if call.parser is not None else None
+    facts = call.facts
+    return counter.decide(
+        Call(
+            kind=call.kind,
+            status=resp.status,
+            request_id=call.request_id,
+            interaction_id=call.interaction_id,
+            initiator=call.initiator or facts.initiator,
+            intent=call.intent,
+            speculative=call.speculative,
+            user_last=facts.user_last,
+            client_aborted=resp.error is not None,
+        ),
+        answer,
+        call.started,
+    )
+
+
+def _error(call: InFlightCall, resp: ResponseMeta, answer: Answer | None) -> str | None:
+    error = resp.error or call.parse_error or call.facts.error
+    if answer is not None and answer.error and not error:
+        error = answer.error
+    return error
+
+
+def _editor_version(call: InFlightCall) -> str | None:
+    client = call.client
+    if client.header_editor_version:
+        return client.header_editor_version
+    return f"{client.editor}/{client.editor_version}" if client.editor_version else None
+
+
+def build_event(
+    call: InFlightCall, resp: ResponseMeta, counter: Counter, bounds: LabelBounds, now: float, capture: bool
+) -> UsageEvent:
+    """The event of a call that ended at `now` (the tracker's clock)."""
+    decision = decide(call, resp, counter)
+    answer = call.parser.answer if call.parser is not None else None
+    finish = answer.finish_reason if answer is not None else None
+    if resp.error is not None and finish is None:
+        finish = "cancelled"
+    ttft = call.first_content_at - call.started if call.first_content_at is not None else None
+    meta = call.meta
+    return UsageEvent(
+        timestamp=datetime.fromtimestamp(call.started, UTC),
+        user=meta.user,
+        editor=bounds.editor(call.client.editor),
+        editor_version=_editor_version(call),
+        summary_key=call.client.summary_key,
+        plugin=call.client.plugin,
+        plugin_version=call.client.plugin_version,
+        language=bounds.language(call.facts.language) if call.kind is Kind.COMPLETION else "unknown",
+        kind=call.kind.value,
+        model=call.path_model or call.facts.model,
+        resolved_model=answer.resolved_model if answer is not None else None,
+        initiator=decision.initiator,
+        initiator_source=decision.initiator_source,
+        interaction_id=call.interaction_id,
+        request_id=call.request_id,
+        intent=call.intent,
+        host=meta.host,
+        method=meta.method,
+        path=clean(meta.path.split("?", 1)[0], 256) or "/",
+        status=resp.status,
+        duration_s=max(0.0, now - call.started),
+        ttft_s=max(0.0, ttft) if ttft is not None else None,
+        streamed=call.streamed,
+        speculative=call.speculative,
+        finish_reason=finish,
+        input_tokens=answer.input_tokens if answer is not None else None,
+        output_tokens=answer.output_tokens if answer is not None else None,
+        cached_tokens=answer.cached_tokens if answer is not None else None,
+        reasoning_tokens=answer.reasoning_tokens if answer is not None else None,
+        nano_aiu=answer.nano_aiu if answer is not None else None,
+        tool_calls=tuple(answer.tool_calls) if answer is not None else (),
+        counted=decision.counted,
+        skip_reason=decision.skip.value if decision.skip is not None else None,
+        model_call=call.kind in MODEL_CALL_KINDS,
+        error=_error(call, resp, answer),
+        prompt=call.facts.prompt if capture else None,
+        completion=(answer.text or None) if capture and answer is not None else None,
+    )

@@ -1,0 +1,423 @@
+"""The call tracker: plain request/response values in, finished UsageEvents out (no mitmproxy here).
+
+The addon's hooks read each flow once into the frozen values below and hand them to `CallTracker`, which
+owns the state of every Copilot call in flight (HTTP and Responses-over-WebSocket alike), decodes and
+parses bodies and streams, runs the counting policy and returns one `Finished` per call. One injected
+clock stamps start, first content and end, so durations and time to first token are exact in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from exporter.assemble import build_event
+from exporter.bodies import MAX_PARSE_BYTES, RequestFacts, parse_request
+from exporter.classify import MODEL_CALL_KINDS, HostRole, HostTable, Kind, chat_mode, refine_proxy_chat, route
+from exporter.clients import ClientDirectory
+from exporter.counting import Counter
+from exporter.dispatch import ClientSeen
+from exporter.events import UsageEvent
+from exporter.identity import ClientIdentity, clean
+from exporter.labels import LabelBounds
+from exporter.sinks.recorder import Recording, wants_recording
+from exporter.sse import BodyDecoder, DecodeError, SSEDecoder, SSEEvent
+from exporter.streams import AnswerParser, Shape, shape_for_path
+from exporter.writer import ErrorReporter
+
+log = logging.getLogger("copilot_proxy_insight")
+
+Clock = Callable[[], float]
+Feed = Callable[[bytes], None]
+
+MAX_JSON_RESPONSE = 8 * 1024 * 1024  # a buffered answer larger than this (decoded) is not parsed
+MAX_RECORDED_EVENTS = 5000
+_HOST_ANSWERS = frozenset({Kind.TOKEN_EXCHANGE, Kind.USER_INFO})
+
+
+@dataclass(frozen=True, slots=True)
+class RequestMeta:
+    """A request's head as the tracker needs it. `headers`: lower-cased name -> first value."""
+
+    host: str
+    role: HostRole
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    user: str
+    connection: Hashable  # the client connection (editor joins per connection)
+    url: str = ""  # for recordings
+    header_items: tuple[tuple[str, str], ...] = ()  # every header, only when recording
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseHead:
+    status: int
+    content_type: str
+    content_encoding: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    """How a call ended. `body` is the raw (still encoded) buffered body; None when streamed or absent."""
+
+    status: int | None
+    content_encoding: str | None = None
+    body: bytes | None = None
+    error: str | None = None  # the flow's error, already mapped to a fixed vocabulary (`error_class`)
+    websocket: bool = False  # the answer upgraded the connection to a WebSocket
+    header_items: tuple[tuple[str, str], ...] = ()  # only when recording
+
+
+@dataclass(frozen=True, slots=True)
+class WsFrame:
+    from_client: bool
+    is_text: bool
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TrackerOptions:
+    capture: bool = False  # prompts and answers into the event
+    record: bool = False
+    record_telemetry: bool = False
+    record_max_bytes: int = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    event: UsageEvent
+    recording: Recording | None = None
+
+
+@dataclass(slots=True)
+class InFlightCall:
+    """The state of one Copilot call between its request head and its end."""
+
+    started: float
+    meta: RequestMeta
+    kind: Kind
+    path_model: str | None
+    client: ClientIdentity
+    request_id: str | None
+    interaction_id: str | None
+    initiator: str | None
+    intent: str | None
+    speculative: bool
+    facts: RequestFacts = field(default_factory=RequestFacts)
+    request_text: bytes | None = None  # the decoded body, kept only for recordings
+    parser: AnswerParser | None = None
+    body: BodyDecoder | None = None
+    sse: SSEDecoder | None = None
+    streamed: bool = False
+    first_content_at: float | None = None
+    parse_error: str | None = None
+
+
+@dataclass(slots=True)
+class _Socket:
+    """A Responses-over-WebSocket connection: its upgrade request and its calls in flight, oldest first."""
+
+    flow_id: str
+    meta: RequestMeta
+    client: ClientIdentity
+    calls: list[InFlightCall] = field(default_factory=list)
+    seq: int = 0  # only grows: each call on the socket gets its own request id
+
+
+_ERROR_CLASSES = (
+    ("client disconnected", "client_disconnected"),
+    ("cancel", "cancelled"),
+    ("killed", "killed"),
+    ("timeout", "timeout"),
+    ("timed out", "timeout"),
+    ("tls", "tls_error"),
+    ("ssl", "tls_error"),
+    ("certificate", "tls_error"),
+    ("reset", "connection_reset"),
+    ("closed", "connection_closed"),
+    ("protocol", "protocol_error"),
+    ("http/2", "protocol_error"),
+    ("refused", "connection_failed"),
+    ("connect", "connection_failed"),
+    ("resolve", "connection_failed"),
+)
+
+
+def error_class(message: str) -> str:
+    """A flow error as one word of a fixed vocabulary. Protocol errors quote the bytes they choked on (a
+    Cookie, a token), so no part of the message itself ever reaches an output."""
+    lowered = message.lower()
+    for needle, name in _ERROR_CLASSES:
+        if needle in lowered:
+            return name
+    return "error"
+
+
+def _header(headers: Mapping[str, str], name: str, limit: int = 128) -> str | None:
+    return clean(headers.get(name), limit)
+
+
+def _decoded(raw: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undoes Content-Encoding incrementally with a cap (a 500-byte brotli body can inflate to gigabytes)."""
+    decoder = BodyDecoder(encoding, max_bytes=limit)
+    return decoder.feed(raw)
+
+
+class CallTracker:
+    """Owns every Copilot call in flight, keyed by flow id; returns each finished call once."""
+
+    def __init__(
+        self,
+        hosts: HostTable,
+        bounds: LabelBounds,
+        errors: ErrorReporter,
+        clock: Clock = time.time,
+        options: TrackerOptions | None = None,
+        counter: Counter | None = None,
+    ) -> None:
+        self.hosts = hosts
+        self.bounds = bounds
+        self.errors = errors
+        self.clock = clock
+        self.options = options or TrackerOptions()
+        self.counter = counter or Counter()
+        self.clients = ClientDirectory()
+        self._calls: dict[str, InFlightCall] = {}
+        self._sockets: dict[str, _Socket] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls) + len(self._sockets)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _client(self, meta: RequestMeta, interaction_id: str | None) -> tuple[ClientIdentity, ClientSeen | None]:
+        client, new = self.clients.resolve(meta.connection, meta.user, interaction_id, meta.headers)
+        if not new:
+            return client, None
+        seen = ClientSeen(
+            meta.user,
+            self.bounds.editor(client.editor),
+            client.editor_version or "",
+            client.plugin or "",
+            client.plugin_version or "",
+        )
+        return client, seen
+
+    def start(self, flow_id: str, meta: RequestMeta) -> ClientSeen | None:
+        """A Copilot request head arrived; returns a ClientSeen signal for a client new to the inventory."""
+        h = meta.headers
+        r = route(meta.role, meta.method, meta.path)
+        interaction_id = _header(h, "x-interaction-id")
+        initiator = (h.get("x-initiator") or "").strip().lower() or None
+        kind = r.kind
+        if kind is Kind.CHAT:
+            kind = chat_mode(h.get("openai-intent"), h.get("x-interaction-type"))
+        client, seen = self._client(meta, interaction_id)
+        self._calls[flow_id] = InFlightCall(
+            started=self.clock(),
+            meta=meta,
+            kind=kind,
+            path_model=r.path_model,
+            client=client,
+            request_id=_header(h, "x-request-id"),
+            interaction_id=interaction_id,
+            initiator=initiator if initiator in ("user", "agent") else None,
+            intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
+            speculative=(h.get("x-copilot-speculative") or "").strip().lower() == "true",
+        )
+        return seen
+
+    def wants_body(self, flow_id: str) -> bool:
+        call = self._calls.get(flow_id)
+        return call is not None and call.kind in MODEL_CALL_KINDS
+
+    def request_body(self, flow_id: str, raw: bytes | None, content_encoding: str | None) -> None:
+        """The request body (raw, as sent): decoded with a cap, then parsed into RequestFacts."""
+        call = self._calls.get(flow_id)
+        if call is None or call.kind not in MODEL_CALL_KINDS:
+            return
+        try:
+            body = _decoded(raw, content_encoding, MAX_PARSE_BYTES) if raw else raw
+        except DecodeError as e:
+            call.facts = RequestFacts(error="body_too_large" if "over" in str(e) else "malformed_body")
+            return
+        keep = self.options.record and (body is None or len(body) <= self.options.record_max_bytes)
+        call.facts = parse_request(body, shape_for_path(call.meta.path), keep_parsed=keep)
+        if self.options.record and call.facts.parsed is None and body:
+            call.request_text = body[: self.options.record_max_bytes + 1]
+        if call.kind is Kind.PROXY_CHAT_OTHER:
+            call.kind = refine_proxy_chat(call.facts.model)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def _keep_events(self) -> int:
+        return MAX_RECORDED_EVENTS if self.options.record else 0
+
+    def stream(self, flow_id: str, head: ResponseHead) -> Feed | None:
+        """For an event stream: the feed the addon's tee calls with every chunk (b"" at the end). None:
+        not a stream of a tracked call, leave the response as mitmproxy buffers it."""
+        call = self._calls.get(flow_id)
+        if call is None or "text/event-stream" not in head.content_type.lower():
+            return None
+        call.streamed = True
+        try:
+            call.parser = AnswerParser(shape_for_path(call.meta.path), self._keep_events())
+            call.body = BodyDecoder(head.content_encoding)
+            call.sse = SSEDecoder()
+        except Exception as e:  # e.g. an unknown content-encoding: pass the stream on untouched, unparsed
+            call.parse_error = str(e)[:200]
+            call.parser = None
+            self.errors.failed("parser", e)
+            return _ignore
+        return lambda chunk: self._feed(call, chunk)
+
+    def _feed(self, call: InFlightCall, chunk: bytes) -> None:
+        if call.parse_error is not None or call.parser is None:
+            return
+        assert call.body is not None and call.sse is not None
+        try:
+            events = call.sse.feed(call.body.feed(chunk)) if chunk else call.sse.close()
+            for ev in events:
+                if call.parser.feed_event(ev) and call.first_content_at is None:
+                    call.first_content_at = self.clock()
+        except Exception as e:  # never let parsing touch the stream
+            call.parse_error = f"{type(e).__name__}: {e}"[:200]
+            self.errors.failed("parser", e)
+
+    def finish(self, flow_id: str, resp: ResponseMeta) -> Finished | None:
+        """The call ended (answered, failed or upgraded); its event, or None when it was not tracked."""
+        call = self._calls.pop(flow_id, None)
+        if call is None:
+            return None
+        if resp.websocket:
+            # A WebSocket upgrade (/responses over ws): its frames are the calls, see ws_frame.
+            self._sockets[flow_id] = _Socket(flow_id, call.meta, call.client)
+            return None
+        if not call.streamed:
+            self._read_buffered(call, resp)
+        return self._finished(call, resp)
+
+    def _read_buffered(self, call: InFlightCall, resp: ResponseMeta) -> None:
+        """Non-streamed bodies: JSON answers, buffered event streams, token exchanges (host learning)."""
+        if call.kind not in MODEL_CALL_KINDS and call.kind not in _HOST_ANSWERS:
+            return
+        if not resp.body:
+            return
+        try:
+            body = _decoded(resp.body, resp.content_encoding, MAX_JSON_RESPONSE)
+        except DecodeError as e:
+            if "over" not in str(e):
+                call.parse_error = f"content-encoding: {e}"[:200]
+            return  # too large to parse: counted from what the headers say
+        if call.kind in _HOST_ANSWERS:
+            self._learn_hosts(body, resp.status)
+            return
+        parser = call.parser = AnswerParser(shape_for_path(call.meta.path), self._keep_events())
+        if body.lstrip().startswith((b"data:", b"event:", b":")):
+            sse = SSEDecoder()
+            for ev in [*sse.feed(body), *sse.close()]:
+                parser.feed_event(ev)
+            return
+        try:
+            parser.feed_json(json.loads(body))
+        except (ValueError, RecursionError):
+            parser.answer.malformed_events += 1
+
+    def _learn_hosts(self, body: bytes, status: int | None) -> None:
+        if status != 200:
+            return
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return
+        if isinstance(doc, dict):
+            for host in self.hosts.learn(doc.get("endpoints")):
+                log.info("copilot-proxy-insight: learned Copilot host %s", host)
+
+    def _finished(self, call: InFlightCall, resp: ResponseMeta) -> Finished:
+        event = build_event(call, resp, self.counter, self.bounds, self.clock(), self.options.capture)
+        recording = None
+        if self.options.record and wants_recording(event.kind, self.options.record_telemetry):
+            recording = self._recording(call, resp)
+        return Finished(event, recording)
+
+    def _recording(self, call: InFlightCall, resp: ResponseMeta) -> Recording:
+        content: Any = call.facts.parsed
+        if content is None and call.request_text is not None:
+            raw, limit = call.request_text, self.options.record_max_bytes
+            text = raw[:limit].decode("utf-8", "replace")
+            content = {"truncated": True, "text": text} if len(raw) > limit else text
+        return Recording(
+            url=call.meta.url,
+            method=call.meta.method,
+            request_headers=list(call.meta.header_items),
+            request_content=content,
+            response_headers=list(resp.header_items),
+            response_content=call.parser.kept if call.parser is not None else None,
+        )
+
+    # -- WebSocket: Responses API over ws (/responses GET upgrade) --------------------------------
+
+    def ws_frame(self, flow_id: str, frame: WsFrame) -> list[Finished]:
+        sock = self._sockets.get(flow_id)
+        if sock is None or not frame.is_text or len(frame.content) > MAX_JSON_RESPONSE:
+            return []
+        if frame.from_client:
+            self._ws_call(sock, frame)
+            return []
+        if not sock.calls:
+            return []
+        call = sock.calls[0]
+        assert call.parser is not None
+        content = call.parser.feed_event(SSEEvent(None, frame.content.decode("utf-8", "replace")))
+        if content and call.first_content_at is None:
+            call.first_content_at = self.clock()
+        if call.parser.answer.complete or call.parser.answer.error:
+            sock.calls.pop(0)
+            return [self._finished(call, ResponseMeta(status=101))]
+        return []
+
+    def _ws_call(self, sock: _Socket, frame: WsFrame) -> None:
+        facts = parse_request(frame.content, Shape.RESPONSES, keep_parsed=self.options.record)
+        if facts.frame_type != "response.create":
+            return
+        h = sock.meta.headers
+        sock.seq += 1
+        sock.calls.append(
+            InFlightCall(
+                started=self.clock(),
+                meta=sock.meta,
+                kind=Kind.CHAT_WS,
+                path_model=None,
+                client=sock.client,
+                request_id=f"{_header(h, 'x-request-id') or sock.flow_id}#{sock.seq}",
+                interaction_id=_header(h, "x-interaction-id"),
+                initiator=facts.initiator,
+                intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
+                speculative=False,
+                facts=facts,
+                parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
+                streamed=True,
+            )
+        )
+
+    def ws_close(self, flow_id: str) -> list[Finished]:
+        """The socket closed: every call still in flight on it ends (unanswered)."""
+        sock = self._sockets.pop(flow_id, None)
+        if sock is None:
+            return []
+        return [self._finished(call, ResponseMeta(status=101)) for call in sock.calls]
+
+    def drop(self, flow_id: str) -> None:
+        """Forget a flow without an event (e.g. a request the proxy answered itself)."""
+        self._calls.pop(flow_id, None)
+        self._sockets.pop(flow_id, None)
+
+
+def _ignore(chunk: bytes) -> None:
+    return None

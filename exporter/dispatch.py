@@ -1,0 +1,136 @@
+"""The sink boundary: a `Sink` protocol, health signals, and the one dispatcher that fans out with failure isolation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from exporter import metricdefs as md
+from exporter.events import UsageEvent
+from exporter.labels import LabelPolicy
+from exporter.observe import Observation, observations
+from exporter.writer import ErrorReporter
+
+
+@dataclass(frozen=True, slots=True)
+class ExporterError:
+    """A component of the exporter failed (a sink, the parser, the metrics server, an OTLP export)."""
+
+    component: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """A client was answered 407 Proxy Authentication Required."""
+
+
+@dataclass(frozen=True, slots=True)
+class LabelOverflow:
+    """A label value was folded into `other` (outside its bounded set, over its cap, or over the series cap)."""
+
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSeen:
+    """A client (user, editor and plugin versions) identified itself; the dispatcher bounds the labels."""
+
+    user: str
+    editor: str
+    editor_version: str
+    plugin: str
+    plugin_version: str
+
+
+Health = ExporterError | AuthFailure | LabelOverflow | ClientSeen
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """What every sink receives for one finished call: the event, its bounded metric observations, and the
+    recording input (only when recording is on)."""
+
+    event: UsageEvent
+    observations: Sequence[Observation]
+    recording: Any = None
+
+
+class Sink(Protocol):
+    """One output. `handle` and `health` run on mitmproxy's event loop and must only record in memory or
+    queue work for a writer thread; `close` flushes and releases what the sink holds."""
+
+    name: str
+
+    def handle(self, item: Emitted) -> None: ...
+
+    def health(self, signal: Health) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Dispatcher:
+    """Fans every event and health signal out to the sinks; a failing sink is counted and logged, the others
+    still get it. Label bounding is applied here, once, for every sink."""
+
+    def __init__(self, errors: ErrorReporter, policy: LabelPolicy, sinks: Iterable[Sink] = ()) -> None:
+        self.errors = errors
+        self.policy = policy
+        self._sinks: list[Sink] = list(sinks)
+
+    @property
+    def sinks(self) -> tuple[Sink, ...]:
+        return tuple(self._sinks)
+
+    def get(self, name: str) -> Sink | None:
+        return next((s for s in self._sinks if s.name == name), None)
+
+    def replace(self, name: str, sink: Sink | None) -> Sink | None:
+        """Puts `sink` in the place of the sink called `name` (or appends it); returns the old one unclosed."""
+        old = self.get(name)
+        sinks = [s for s in self._sinks if s.name != name]
+        if sink is not None:
+            index = self._sinks.index(old) if old is not None else len(sinks)
+            sinks.insert(index, sink)
+        self._sinks = sinks
+        return old
+
+    def bounded(self, event: UsageEvent) -> list[Observation]:
+        bound = self.policy.bound
+        folded: set[str] = set()
+        return [
+            Observation(o.metric, o.value, bound(o.metric.name, o.labels, o.metric.labels, folded), o.genai)
+            for o in observations(event)
+        ]
+
+    def _bounded_client(self, seen: ClientSeen) -> ClientSeen:
+        raw = (seen.user, seen.editor, seen.editor_version, seen.plugin, seen.plugin_version)
+        return ClientSeen(*self.policy.bound(md.CLIENT_INFO.name, raw, md.CLIENT_INFO.labels, set()))
+
+    def emit(self, event: UsageEvent, recording: Any = None) -> None:
+        try:
+            item = Emitted(event, self.bounded(event), recording)
+        except Exception as e:
+            self.errors.failed("labels", e)
+            return
+        for sink in self._sinks:
+            try:
+                sink.handle(item)
+            except Exception as e:
+                self.errors.failed(sink.name, e)
+
+    def health(self, signal: Health) -> None:
+        if isinstance(signal, ClientSeen):
+            signal = self._bounded_client(signal)
+        for sink in self._sinks:
+            try:
+                sink.health(signal)
+            except Exception:  # a health signal must never raise (it is often reporting a failure already)
+                continue
+
+    def close(self) -> None:
+        for sink in self._sinks:
+            try:
+                sink.close()
+            except Exception as e:
+                self.errors.failed(sink.name, e)

@@ -1,0 +1,78 @@
+"""Adapters from mitmproxy flows to the call tracker's plain values: each flow is read once, here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from mitmproxy import http
+
+from exporter.calls import Feed, RequestMeta, ResponseHead, ResponseMeta, WsFrame, error_class
+from exporter.classify import HostRole
+
+
+def header_map(headers: http.Headers) -> dict[str, str]:
+    """Lower-cased name -> first value, built in one pass: mitmproxy's Headers.get scans every field."""
+    out: dict[str, str] = {}
+    for name, value in headers.fields:
+        key = name.decode("ascii", "replace").lower()
+        if key not in out:
+            out[key] = value.decode("utf-8", "replace")
+    return out
+
+
+def request_meta(flow: http.HTTPFlow, role: HostRole, headers: dict[str, str], user: str, record: bool) -> RequestMeta:
+    req = flow.request
+    return RequestMeta(
+        host=req.pretty_host,
+        role=role,
+        method=req.method,
+        path=req.path,
+        headers=headers,
+        user=user,
+        connection=flow.client_conn.id,
+        url=req.pretty_url if record else "",
+        header_items=tuple(req.headers.items(multi=True)) if record else (),
+    )
+
+
+def response_head(flow: http.HTTPFlow) -> ResponseHead | None:
+    resp = flow.response
+    if resp is None:
+        return None
+    return ResponseHead(
+        status=resp.status_code,
+        content_type=resp.headers.get("content-type", ""),
+        content_encoding=resp.headers.get("content-encoding"),
+    )
+
+
+def response_meta(flow: http.HTTPFlow, record: bool) -> ResponseMeta:
+    resp = flow.response
+    error = error_class(flow.error.msg) if flow.error is not None else None
+    if resp is None:
+        return ResponseMeta(status=None, error=error)
+    return ResponseMeta(
+        status=resp.status_code,
+        content_encoding=resp.headers.get("content-encoding"),
+        body=resp.raw_content,  # a reference, not a copy; None once streamed
+        error=error,
+        websocket=flow.websocket is not None,
+        header_items=tuple(resp.headers.items(multi=True)) if record else (),
+    )
+
+
+def last_frame(flow: http.HTTPFlow) -> WsFrame | None:
+    if flow.websocket is None or not flow.websocket.messages:
+        return None
+    msg = flow.websocket.messages[-1]
+    return WsFrame(from_client=msg.from_client, is_text=msg.is_text, content=msg.content)
+
+
+def tee(feed: Feed) -> Callable[[bytes], bytes]:
+    """The stream callback: passes every chunk on unchanged and hands the tracker a copy (it never raises)."""
+
+    def passthrough(chunk: bytes) -> bytes:
+        feed(chunk)
+        return chunk
+
+    return passthrough

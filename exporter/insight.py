@@ -1,0 +1,155 @@
+"""The extended daily summary (copilot-insight_<day>.json): per user, everything /metrics knows of the day.
+
+Versioned (`schema_version`) and documented in docs/reference.md. It holds every model call and every counted
+interaction of the UTC day: interactions by kind, editor and language; model calls by kind, model and
+initiator; tokens by kind, model and type; failed model calls by kind and code; skipped model calls by kind
+and reason. Built from events live, and from JSON log lines by the rebuild, with the same rule.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from exporter.events import UsageEvent
+
+SCHEMA_VERSION = 1
+TOTAL_KEYS = ("interactions", "model_calls", "input_tokens", "output_tokens", "errors", "skipped")
+_SECTIONS = ("interactions", "model_calls", "tokens", "errors", "skipped")
+_TOKEN_TYPES = ("input", "output", "cached", "reasoning")
+
+
+def insight_path(data_dir: Path, day: str) -> Path:
+    return data_dir / "metrics" / f"copilot-insight_{day}.json"
+
+
+def _bump(tree: dict[str, Any], keys: Iterable[str], n: int) -> None:
+    *path, last = keys
+    for key in path:
+        tree = tree.setdefault(key, {})
+    tree[last] = tree.get(last, 0) + n
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _text(value: Any, default: str) -> str:
+    return str(value) if value not in (None, "") else default
+
+
+class InsightDay:
+    """One UTC day of the extended summary, per user."""
+
+    def __init__(self, day: str) -> None:
+        self.day = day
+        self.users: dict[str, dict[str, Any]] = {}
+
+    def _user(self, user: str) -> dict[str, Any]:
+        entry = self.users.get(user)
+        if entry is None:
+            entry = self.users[user] = {"totals": dict.fromkeys(TOTAL_KEYS, 0), **{s: {} for s in _SECTIONS}}
+        return entry
+
+    def add(self, rec: Mapping[str, Any]) -> bool:
+        """Adds one call given as its JSON log fields (a UsageEvent's `log_fields()` or a parsed log line)."""
+        counted = rec.get("counted") is True
+        model_call = rec.get("model_call") is True
+        if not (counted or model_call):
+            return False
+        entry = self._user(_text(rec.get("user"), "anonymous"))
+        totals = entry["totals"]
+        kind = _text(rec.get("kind"), "unknown")
+        if counted:
+            keys = (kind, _text(rec.get("editor"), "unknown"), _text(rec.get("language"), "unknown"))
+            _bump(entry["interactions"], keys, 1)
+            totals["interactions"] += 1
+        if not model_call:
+            return True
+        model = _text(rec.get("model"), "unknown")
+        _bump(entry["model_calls"], (kind, model, _text(rec.get("initiator"), "unknown")), 1)
+        totals["model_calls"] += 1
+        for kind_of_token in _TOKEN_TYPES:
+            n = _int(rec.get(f"{kind_of_token}_tokens"))
+            if n:
+                _bump(entry["tokens"], (kind, model, kind_of_token), n)
+                if kind_of_token in ("input", "output"):
+                    totals[f"{kind_of_token}_tokens"] += n
+        status = rec.get("status")
+        if not isinstance(status, int) or status >= 400:
+            _bump(entry["errors"], (kind, str(status) if isinstance(status, int) else "error"), 1)
+            totals["errors"] += 1
+        if not counted:
+            _bump(entry["skipped"], (kind, _text(rec.get("skip_reason"), "unknown")), 1)
+            totals["skipped"] += 1
+        return True
+
+    def add_event(self, event: UsageEvent) -> bool:
+        return self.add(
+            {
+                "user": event.user,
+                "counted": event.counted,
+                "model_call": event.model_call,
+                "kind": event.kind,
+                "editor": event.editor,
+                "language": event.language,
+                "model": event.model,
+                "initiator": event.initiator,
+                "input_tokens": event.input_tokens,
+                "output_tokens": event.output_tokens,
+                "cached_tokens": event.cached_tokens,
+                "reasoning_tokens": event.reasoning_tokens,
+                "status": event.status,
+                "skip_reason": event.skip_reason,
+            }
+        )
+
+    def merge(self, doc: Any) -> None:
+        """Adds the counts of an extended summary document (a file written earlier the same day)."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("users"), dict):
+            raise ValueError("not an extended daily summary document")
+        for user, entry in doc["users"].items():
+            if not isinstance(entry, dict):
+                continue
+            mine = self._user(str(user))
+            totals = entry.get("totals")
+            for key in TOTAL_KEYS:
+                mine["totals"][key] += _int(totals.get(key)) if isinstance(totals, dict) else 0
+            for section in _SECTIONS:
+                _merge_tree(mine[section], entry.get(section))
+
+    def totals(self) -> dict[str, int]:
+        out = dict.fromkeys(TOTAL_KEYS, 0)
+        for entry in self.users.values():
+            for key in TOTAL_KEYS:
+                out[key] += entry["totals"][key]
+        return out
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "day": self.day, "totals": self.totals(), "users": self.users}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_doc(), indent=4, ensure_ascii=False)
+
+
+def _merge_tree(into: dict[str, Any], other: Any, depth: int = 0) -> None:
+    if not isinstance(other, dict) or depth > 4:
+        return
+    for key, value in other.items():
+        if isinstance(value, dict):
+            sub = into.setdefault(str(key), {})
+            if isinstance(sub, dict):
+                _merge_tree(sub, value, depth + 1)
+        elif _int(value):
+            into[str(key)] = into.get(str(key), 0) + _int(value)
+
+
+def insight_from_records(day: str, records: Iterable[Mapping[str, Any]]) -> InsightDay:
+    """Rebuilds a day's extended summary from parsed JSON log records (of any day: others are ignored)."""
+    summary = InsightDay(day)
+    for rec in records:
+        if str(rec.get("timestamp", ""))[:10] == day:
+            summary.add(rec)
+    return summary

@@ -1,0 +1,74 @@
+"""Which metrics one finished call touches, with what value and labels: the one rule both metric sinks translate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from exporter import metricdefs as md
+from exporter.classify import CHAT_KINDS, Kind
+from exporter.events import UsageEvent
+
+# gen_ai.operation.name per kind of model call (semantic-conventions well-known values). Calls of other
+# kinds (telemetry posts, token exchanges, model lists) are not GenAI operations.
+OPERATIONS: dict[str, str] = {
+    **{k.value: "chat" for k in CHAT_KINDS},
+    Kind.NEXT_EDIT.value: "chat",
+    Kind.INSTANT_APPLY.value: "chat",
+    Kind.PROXY_CHAT_OTHER.value: "chat",
+    Kind.COMPLETION.value: "text_completion",
+    Kind.EMBEDDINGS.value: "embeddings",
+}
+
+
+def operation_name(kind: str) -> str | None:
+    """gen_ai.operation.name of a kind of model call; None for kinds that are not GenAI operations."""
+    return OPERATIONS.get(kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One value recorded into one metric. `genai` marks what OpenTelemetry's gen_ai.client.* metrics
+    describe (GenAI operations only); Prometheus records every observation."""
+
+    metric: md.MetricDef
+    value: float
+    labels: tuple[str, ...]
+    genai: bool = True
+
+
+def status_code(event: UsageEvent) -> str:
+    return str(event.status) if event.status is not None else "error"
+
+
+def failed(event: UsageEvent) -> bool:
+    return event.status is None or event.status >= 400
+
+
+def observations(event: UsageEvent) -> list[Observation]:
+    """Every metric an event touches, with its raw (not yet bounded) label values."""
+    kind = event.kind
+    code = status_code(event)
+    genai = event.model_call and operation_name(kind) is not None
+    out = [Observation(md.RESPONSES, 1, (kind, code))]
+    if event.duration_s is not None:
+        out.append(Observation(md.REQUEST_DURATION, event.duration_s, (kind,), genai))
+    if event.ttft_s is not None:
+        out.append(Observation(md.TIME_TO_FIRST_TOKEN, event.ttft_s, (kind,), genai))
+    user = event.user
+    # Per-user failures are model calls only: MCP, agent-task and registry lookups of the CLI fail as part
+    # of normal operation and must not read as Copilot failures on dashboards and alerts.
+    if event.model_call and failed(event):
+        out.append(Observation(md.USER_ERRORS, 1, (user, kind, code)))
+    if event.counted:
+        out.append(Observation(md.REQUESTS, 1, (user, event.editor, event.language, kind)))
+    else:
+        out.append(Observation(md.SKIPPED, 1, (kind, event.skip_reason or "unknown")))
+    if event.model_call:
+        model = event.model or ""
+        out.append(Observation(md.MODEL_CALLS, 1, (user, kind, model, event.initiator)))
+        # Zero-token calls add nothing to a counter (and a 0 in OTel's token histogram is not usage).
+        if event.input_tokens:
+            out.append(Observation(md.TOKENS, event.input_tokens, (user, kind, model, "input"), genai))
+        if event.output_tokens:
+            out.append(Observation(md.TOKENS, event.output_tokens, (user, kind, model, "output"), genai))
+    return out

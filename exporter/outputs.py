@@ -1,0 +1,172 @@
+"""The exporter's outputs and their lifecycle: the sinks behind one dispatcher, the writer thread, /metrics.
+
+`apply(old, new)` compares sub-settings and rebuilds only what changed: the file sinks when `files` changed,
+the OpenTelemetry sink when `otel` changed, the metrics server when `metrics` changed (once running).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from exporter import __version__
+from exporter.dispatch import Dispatcher, ExporterError, Health, LabelOverflow, Sink
+from exporter.events import UsageEvent
+from exporter.labels import LabelPolicy
+from exporter.metrics_server import MetricsServer, serve_metrics
+from exporter.settings import Files, MetricsEndpoint, OtelOptions, Settings, SettingsError
+from exporter.sinks.daily import DailySink
+from exporter.sinks.jsonlog import JsonLogSink
+from exporter.sinks.prometheus import PrometheusSink
+from exporter.sinks.recorder import RecorderSink
+from exporter.writer import BackgroundWriter, ErrorReporter
+
+log = logging.getLogger("copilot_proxy_insight")
+
+
+def data_dir_problem(data_dir: Path) -> str | None:
+    """Why nothing can be written under `data_dir` (None: it is writable). Start-up only: it touches the disk."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".copilot-write-test-"):
+            pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
+class Outputs:
+    """Owns the dispatcher and every sink; the addon hands it events, health signals and settings."""
+
+    def __init__(self, mitmproxy_version: str, extra_sinks: Iterable[Sink] = ()) -> None:
+        self.policy = LabelPolicy(on_overflow=self._overflow)
+        self.errors = ErrorReporter(self._failed)
+        self.writer = BackgroundWriter(self.errors)
+        self.prometheus = PrometheusSink()
+        self.prometheus.build_info(__version__, mitmproxy_version)
+        self.dispatcher = Dispatcher(self.errors, self.policy, [self.prometheus, *extra_sinks])
+        self.server: MetricsServer | None = None
+        self.running = False
+
+    def _failed(self, component: str) -> None:
+        self.dispatcher.health(ExporterError(component))
+
+    def _overflow(self, label: str) -> None:
+        self.dispatcher.health(LabelOverflow(label))
+
+    def emit(self, event: UsageEvent, recording: Any = None) -> None:
+        self.dispatcher.emit(event, recording)
+
+    def health(self, signal: Health) -> None:
+        self.dispatcher.health(signal)
+
+    def sink(self, name: str) -> Any:
+        return self.dispatcher.get(name)
+
+    # -- settings ------------------------------------------------------------------------------
+
+    def apply(self, old: Settings | None, new: Settings) -> None:
+        """Rebuilds what changed between two settings; raises SettingsError for unusable OTel settings."""
+        self.writer.set_interval(new.flush_interval_s)
+        if old is None or new.caps != old.caps:
+            self.policy.set_caps(new.caps.max_users, new.caps.max_models, new.caps.max_series)
+        if old is None or new.otel != old.otel:
+            self._build_otel(new.otel)
+        if old is None or new.files != old.files:
+            self._build_files(new.files)
+        if self.running and (old is None or new.metrics != old.metrics):
+            self.start_metrics_server(new.metrics)
+
+    def _build_files(self, files: Files) -> None:
+        self.writer.flush()
+        old = self.dispatcher.get("jsonlog")
+        if isinstance(old, JsonLogSink):
+            self.writer.submit("jsonlog", old.close)
+            self.writer.flush()
+        jsonlog = JsonLogSink(files.data_dir, files.log_json, self.writer, log_skipped=files.log_skipped)
+        self.dispatcher.replace("jsonlog", jsonlog)
+        self.dispatcher.replace("daily", DailySink(files.data_dir, self.writer))
+        recorder = RecorderSink(files.data_dir, self.writer, files.record_telemetry) if files.record else None
+        self.dispatcher.replace("recorder", recorder)
+
+    def _build_otel(self, options: OtelOptions) -> None:
+        try:
+            from exporter.otel_pipeline import OtelConfigError, build_otel_sink
+        except ImportError as e:  # a broken install: the OpenTelemetry packages are dependencies
+            if options.enabled or options.endpoint:
+                raise SettingsError(f"copilot_otel: the OpenTelemetry packages cannot be imported ({e})") from None
+            return
+        try:
+            sink = build_otel_sink(options, self._otel_export_failed)
+        except OtelConfigError as e:
+            raise SettingsError(f"OpenTelemetry: {e}") from None
+        old = self.dispatcher.replace("otel", sink)
+        if old is not None:  # its last export may wait on the collector: not on the event loop
+            threading.Thread(target=old.close, name="copilot-proxy-insight-otel-close", daemon=True).start()
+        if sink is not None and sink.settings is not None:
+            log.info("copilot-proxy-insight: OpenTelemetry on: %s", sink.settings.describe())
+
+    def _otel_export_failed(self, component: str) -> None:
+        """Called from the SDK's export threads when an OTLP export fails."""
+        self.errors.failed(component, "OTLP export failed (collector unreachable, refusing or too slow)")
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self, settings: Settings) -> None:
+        self.running = True
+        self.writer.start()
+        problem = data_dir_problem(settings.files.data_dir)
+        if problem is not None and settings.files.log_json in ("file", "both"):
+            # WARNING, not ERROR: mitmdump exits when an error is logged during start-up, and the proxy must
+            # keep passing Copilot traffic (and counting in /metrics) until the disk is fixed.
+            self.errors.failed(
+                "data_dir",
+                f"cannot write to the data dir {os.path.abspath(settings.files.data_dir)}: {problem}",
+                level=logging.WARNING,
+            )
+        self.start_metrics_server(settings.metrics)
+
+    def start_metrics_server(self, endpoint: MetricsEndpoint) -> None:
+        self.stop_metrics_server()
+        if endpoint.port == 0:
+            return
+        try:
+            self.server = serve_metrics(
+                self.prometheus.registry,
+                endpoint.host,
+                endpoint.port,
+                basic_auth=endpoint.auth,
+                certfile=endpoint.certfile or None,
+                keyfile=endpoint.keyfile or None,
+            )
+        except OSError as e:
+            # WARNING, not ERROR: mitmdump exits when an error is logged during start-up, and the proxy
+            # must keep passing Copilot traffic without its metrics endpoint.
+            self.errors.failed(
+                "metrics_server",
+                f"cannot serve /metrics on {endpoint.host}:{endpoint.port}: {e}",
+                level=logging.WARNING,
+            )
+        else:
+            auth = " (basic auth)" if self.server.auth else ""
+            log.info("copilot-proxy-insight: /metrics on %s%s", self.server.url, auth)
+
+    def stop_metrics_server(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+    def stop(self) -> None:
+        """Stops the metrics server, exports what OTel holds (bounded), drains the writer, closes the sinks."""
+        self.running = False
+        self.stop_metrics_server()
+        otel = self.dispatcher.replace("otel", None)
+        if otel is not None:
+            otel.close()  # returns within its close timeout even when the collector is away
+        self.writer.stop()
+        self.dispatcher.close()

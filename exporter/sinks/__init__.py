@@ -1,0 +1,1 @@
+"""The outputs of the exporter; each implements `exporter.dispatch.Sink`."""

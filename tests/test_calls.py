@@ -1,0 +1,185 @@
+"""The call tracker without mitmproxy: every sample exchange as plain values, exact times from a fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from exporter.calls import CallTracker, RequestMeta, ResponseHead, ResponseMeta, TrackerOptions, WsFrame, error_class
+from exporter.classify import HostRole, HostTable
+from exporter.dispatch import ClientSeen
+from exporter.events import UsageEvent
+from exporter.labels import LabelBounds
+from exporter.writer import ErrorReporter
+from tests import samples
+from tests.samples import Exchange
+
+
+@dataclass
+class FakeClock:
+    now: float = 1_764_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _tracker(clock: FakeClock, **options: bool) -> tuple[CallTracker, list[str]]:
+    failures: list[str] = []
+    return CallTracker(
+        HostTable(), LabelBounds(), ErrorReporter(failures.append), clock, TrackerOptions(**options)
+    ), failures
+
+
+def _meta(ex: Exchange, role: HostRole, user: str = "alice", connection: str = "conn-1") -> RequestMeta:
+    headers: dict[str, str] = {}
+    for name, value in ex.request_headers:
+        headers.setdefault(name.lower(), value)
+    return RequestMeta(ex.host, role, ex.method, ex.path, headers, user, connection)
+
+
+def run(
+    tracker: CallTracker, clock: FakeClock, ex: Exchange, flow_id: str, first_token_after: float = 0.25
+) -> UsageEvent:
+    """One exchange through start → body → stream (or buffered body) → finish, 0.25 s to the first chunk
+    and 0.75 s more to the end."""
+    role = tracker.hosts.role(ex.host)
+    assert role is not None, ex.name
+    tracker.start(flow_id, _meta(ex, role))
+    if tracker.wants_body(flow_id):
+        tracker.request_body(flow_id, ex.request_body, ex.header("content-encoding"))
+    head = ResponseHead(ex.status, ex.response_header("content-type") or "", ex.response_header("content-encoding"))
+    feed = tracker.stream(flow_id, head)
+    clock.advance(first_token_after)
+    body: bytes | None = None
+    if feed is not None:
+        for chunk in ex.response_chunks():
+            feed(chunk)
+            clock.advance(0.75 / max(1, len(ex.response_chunks())))
+        feed(b"")
+    else:
+        body = ex.response_body
+        clock.advance(0.75)
+    done = tracker.finish(flow_id, ResponseMeta(ex.status, ex.response_header("content-encoding"), body))
+    assert done is not None, ex.name
+    return done.event
+
+
+def test_every_sample_exchange_through_the_tracker() -> None:
+    """The samples in order (a chat turn's later calls depend on its first), each checked against its table."""
+    clock = FakeClock()
+    tracker, failures = _tracker(clock)
+    for i, ex in enumerate(samples.ALL):
+        started = clock.now
+        event = run(tracker, clock, ex, f"f{i}")
+        want = ex.expected
+        got = {
+            "kind": event.kind,
+            "counted": event.counted,
+            "skip_reason": event.skip_reason,
+            "language": event.language if event.language != "unknown" else None,
+            "model": event.model,
+            "request_id": event.request_id,
+            "input_tokens": event.input_tokens,
+            "output_tokens": event.output_tokens,
+            "finish_reason": event.finish_reason,
+            "streamed": event.streamed,
+            "interaction_id": event.interaction_id,
+        }
+        assert got == {k: want[k] for k in got}, ex.name
+        assert event.duration_s == pytest.approx(1.0), ex.name  # one clock: start to end, exactly
+        if event.ttft_s is not None:
+            assert 0.25 <= event.ttft_s < 1.0, ex.name
+        assert event.timestamp.timestamp() == pytest.approx(started), ex.name
+    assert failures == []
+    assert len(tracker) == 0  # nothing left in flight
+
+
+def test_time_to_first_token_is_exact_with_the_fake_clock() -> None:
+    clock = FakeClock()
+    tracker, _ = _tracker(clock)
+    event = run(tracker, clock, samples.BY_NAME["vscode_completion"], "f1", first_token_after=0.4)
+    assert event.ttft_s == pytest.approx(0.4)
+    assert event.duration_s == pytest.approx(1.15)
+
+
+def test_a_new_client_is_announced_once() -> None:
+    clock = FakeClock()
+    tracker, _ = _tracker(clock)
+    ex = samples.BY_NAME["jetbrains_completion"]
+    role = tracker.hosts.role(ex.host)
+    assert role is not None
+    seen = tracker.start("a", _meta(ex, role))
+    assert seen == ClientSeen("alice", "jetbrains-iu", "243.22562.218", "copilot-intellij", "1.5.60-243")
+    assert tracker.start("b", _meta(ex, role)) is None  # the same client again
+    assert tracker.start("c", _meta(ex, role, user="bob")) is not None  # another user's
+
+
+def test_an_untracked_flow_gives_nothing() -> None:
+    tracker, _ = _tracker(FakeClock())
+    assert tracker.stream("nope", ResponseHead(200, "text/event-stream", None)) is None
+    assert tracker.finish("nope", ResponseMeta(200)) is None
+    assert tracker.ws_frame("nope", WsFrame(True, True, b"{}")) == []
+
+
+def test_a_request_body_bomb_is_refused_without_inflating_it() -> None:
+    import brotli
+
+    clock = FakeClock()
+    tracker, _ = _tracker(clock)
+    ex = samples.BY_NAME["vscode_completion"]
+    role = tracker.hosts.role(ex.host)
+    assert role is not None
+    tracker.start("f", _meta(ex, role))
+    bomb = brotli.compress(b"{" + b" " * (64 * 1024 * 1024) + b"}")
+    assert len(bomb) < 100_000
+    tracker.request_body("f", bomb, "br")
+    done = tracker.finish("f", ResponseMeta(200, None, ex.response_body))
+    assert done is not None and done.event.error == "body_too_large"
+
+
+def test_a_client_abort_is_cancelled_and_never_quotes_the_protocol_error() -> None:
+    clock = FakeClock()
+    tracker, _ = _tracker(clock)
+    ex = samples.BY_NAME["vscode_completion"]
+    role = tracker.hosts.role(ex.host)
+    assert role is not None
+    tracker.start("f", _meta(ex, role))
+    message = "HTTP/2 protocol error: Invalid header value: b' session=s3cr3t-cookie '"
+    done = tracker.finish("f", ResponseMeta(None, error=error_class(message)))
+    assert done is not None
+    assert done.event.error == "protocol_error" and "s3cr3t" not in repr(done.event)
+    assert done.event.skip_reason == "no_response" and done.event.finish_reason == "cancelled"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Client disconnected.", "client_disconnected"),
+        ("Connection killed.", "killed"),
+        ("Server connection to proxy.business.githubcopilot.com:443 timed out", "timeout"),
+        ("TLS handshake failed: certificate verify failed", "tls_error"),
+        ("Connection reset by peer", "connection_reset"),
+        ("Invalid HTTP/2 header value b'cookie: a=b '", "protocol_error"),
+        ("something else entirely: 'Bearer gho_x'", "error"),
+    ],
+)
+def test_flow_errors_map_to_a_fixed_vocabulary(message: str, expected: str) -> None:
+    assert error_class(message) == expected
+
+
+def test_recording_input_only_when_recording_is_on() -> None:
+    ex = samples.BY_NAME["vscode_completion"]
+    for record in (False, True):
+        clock = FakeClock()
+        tracker, _ = _tracker(clock, record=record)
+        role = tracker.hosts.role(ex.host)
+        assert role is not None
+        tracker.start("f", _meta(ex, role))
+        tracker.request_body("f", ex.request_body, None)
+        done = tracker.finish("f", ResponseMeta(200, None, ex.response_body))
+        assert done is not None
+        assert (done.recording is not None) is record
