@@ -123,6 +123,8 @@ class AnswerParser:
             a.malformed_events += 1
             return
         a.events += 1
+        if "error" in obj:  # an error answer (a 429's JSON body): its code goes to the event log
+            self._error(obj)
         if self.shape is Shape.CHAT:
             for choice in _items(obj.get("choices")):
                 if not isinstance(choice, dict):
@@ -295,7 +297,9 @@ class AnswerParser:
                 a.finish_reasons[0] = "failed"
             return False
         if kind == "error":
-            self._error({"error": obj})
+            # Over WebSocket the event nests the error object: {"type":"error","status":429,"error":{"code":…}}.
+            nested = obj.get("error")
+            self._error({"error": nested if isinstance(nested, dict) else obj})
             return False
         return False
 
