@@ -138,6 +138,7 @@ class _Live:
         "sse",
         "started",
         "streamed",
+        "task_id",
         "user",
         "wall_start",
     )
@@ -161,6 +162,7 @@ class _Live:
         parser: AnswerParser | None = None,
         streamed: bool = False,
         wall_start: float | None = None,
+        task_id: str | None = None,
     ) -> None:
         self.started = started
         self.host = host
@@ -182,6 +184,7 @@ class _Live:
         self.first_content_at: float | None = None
         self.parse_error: str | None = None
         self.wall_start = wall_start  # WebSocket calls: when their response.create frame arrived
+        self.task_id = task_id
 
 
 class _WsCalls:
@@ -656,6 +659,7 @@ class CopilotInsight:
             initiator=initiator if initiator in ("user", "agent") else None,
             intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
             speculative=(h.get("x-copilot-speculative") or "").strip().lower() == "true",
+            task_id=_header(h, "x-agent-task-id"),
         )
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -794,6 +798,7 @@ class CopilotInsight:
                 speculative=live.speculative,
                 user_last=facts.user_last,
                 client_aborted=client_aborted,
+                task_id=live.task_id,
             ),
             answer,
             live.started,
@@ -919,7 +924,8 @@ class CopilotInsight:
                 return
             h = _header_map(flow.request.headers)
             user = self._flow_user(flow, h)
-            interaction_id = _header(h, "x-interaction-id")
+            # The frame's own headers name its turn: one socket may carry several prompts.
+            interaction_id = facts.interaction_id or _header(h, "x-interaction-id")
             ws.seq += 1  # only grows: each call on the socket gets its own request id
             calls.append(
                 _Live(
@@ -933,12 +939,15 @@ class CopilotInsight:
                     request_id=f"{_header(h, 'x-request-id') or flow.id}#{ws.seq}",
                     interaction_id=interaction_id,
                     initiator=facts.initiator,
-                    intent=_header(h, "openai-intent", 64),
+                    intent=facts.interaction_type
+                    or _header(h, "openai-intent", 64)
+                    or _header(h, "x-interaction-type", 64),
                     speculative=False,
                     facts=facts,
                     parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
                     streamed=True,
                     wall_start=time.time(),
+                    task_id=facts.task_id or _header(h, "x-agent-task-id"),
                 )
             )
             return
