@@ -217,6 +217,10 @@ def test_metrics_count_the_cli_turns_steps_model_calls_and_tokens(cli_run: CliRu
     assert metric(m, "copilot_responses_total", ("kind", "code")) == Counter(
         {("chat_agent", "200"): 8, ("chat_agent", "429"): 2, ("chat_ws", "101"): 3}
     )
+    # The rate-limited calls stay visible per user, although their prompts were answered and counted.
+    assert metric(m, "copilot_user_errors_total", ("user", "kind", "code")) == Counter(
+        {("dana", "chat_agent", "429"): 1, ("erin", "chat_agent", "429"): 1}
+    )
     for user in PASSWORDS:  # the client inventory names the CLI and its version, not "other"
         assert metric_total(m, "copilot_client_info", user=user, editor="cli", editor_version=S.CLI_VERSION) == 1
     assert metric_total(m, "copilot_client_info", editor="other") == 0
