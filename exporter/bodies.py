@@ -1,5 +1,4 @@
-"""What a Copilot request body says: model, stream flag, language, whether its last message is the user's, and
-what a WebSocket `response.create` frame says of its call (initiator, interaction id, task id)."""
+"""What a Copilot request body or WebSocket call frame says: model, stream, language, last speaker, call ids."""
 
 from __future__ import annotations
 
