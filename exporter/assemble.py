@@ -31,6 +31,7 @@ def decide(call: InFlightCall, resp: ResponseMeta, counter: Counter) -> Decision
             speculative=call.speculative,
             user_last=facts.user_last,
             client_aborted=resp.error is not None,
+            task_id=call.task_id,
         ),
         answer,
         call.started,

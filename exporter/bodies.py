@@ -1,4 +1,4 @@
-"""What a Copilot request body says: model, stream flag, language, and whether its last message is the user's."""
+"""What a Copilot request body or WebSocket call frame says: model, stream, language, last speaker, call ids."""
 
 from __future__ import annotations
 
@@ -22,6 +22,11 @@ class RequestFacts:
     user_last: bool | None = None  # last message is a user message (not a tool result): §4.3 fallback
     initiator: str | None = None  # WebSocket response.create frames carry it in the body
     frame_type: str | None = None  # a WebSocket frame's "type" ("response.create")
+    # A response.create frame's own `headers` object (the Copilot CLI): the call's turn, agent loop and mode.
+    # A long-lived socket carries several prompts, so these, not the upgrade request's headers, name the turn.
+    interaction_id: str | None = None  # headers.X-Interaction-Id
+    task_id: str | None = None  # headers.X-Agent-Task-Id, else the frame's agent_task_id
+    interaction_type: str | None = None  # headers.X-Interaction-Type (the CLI sends it on the user frame only)
     prompt: str | None = None  # the user's text, for content capture only
     parsed: Any = None  # the parsed body (for recording)
     error: str | None = None  # why the body could not be read
@@ -71,6 +76,32 @@ def _last_user_responses(items: Any) -> tuple[bool | None, str | None]:
     return False, None
 
 
+@dataclass(frozen=True, slots=True)
+class _FrameFacts:
+    interaction_id: str | None = None
+    task_id: str | None = None
+    interaction_type: str | None = None
+    initiator: str | None = None
+
+
+def _frame_facts(obj: dict[str, Any]) -> _FrameFacts:
+    """The call facts of a `response.create` frame: its `headers` object (names in any case), `agent_task_id`."""
+    raw = obj.get("headers")
+    headers: dict[str, str] = {}
+    if isinstance(raw, dict):
+        for name, value in raw.items():
+            if isinstance(name, str) and isinstance(value, str):
+                headers.setdefault(name.lower(), value)
+    task = obj.get("agent_task_id")
+    initiator = (headers.get("x-initiator") or "").strip().lower()
+    return _FrameFacts(
+        interaction_id=clean(headers.get("x-interaction-id")),
+        task_id=clean(headers.get("x-agent-task-id")) or (clean(task) if isinstance(task, str) else None),
+        interaction_type=clean(headers.get("x-interaction-type"), 64),
+        initiator=initiator if initiator in ("user", "agent") else None,
+    )
+
+
 def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = False) -> RequestFacts:
     """Read the facts a Copilot request body carries; never raises."""
     if not body:
@@ -98,8 +129,12 @@ def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = F
         user_last, prompt = _last_user_responses(obj.get("input"))
     elif shape in (Shape.CHAT, Shape.MESSAGES):
         user_last, prompt = _last_user_openai(obj.get("messages"))
-    initiator = obj.get("initiator")
     frame_type = obj.get("type")
+    # Only a WebSocket call frame has these; an HTTP body's stray `headers` key says nothing about the call.
+    frame = _frame_facts(obj) if frame_type == "response.create" else _FrameFacts()
+    initiator = obj.get("initiator")
+    if initiator not in ("user", "agent"):
+        initiator = frame.initiator
     return RequestFacts(
         model=clean(model) if isinstance(model, str) else None,
         stream=stream if isinstance(stream, bool) else None,
@@ -108,6 +143,9 @@ def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = F
         user_last=user_last,
         initiator=initiator if initiator in ("user", "agent") else None,
         frame_type=frame_type if isinstance(frame_type, str) else None,
+        interaction_id=frame.interaction_id,
+        task_id=frame.task_id,
+        interaction_type=frame.interaction_type,
         prompt=prompt[:MAX_PROMPT_CHARS] if prompt else None,
         parsed=obj if keep_parsed else None,
     )

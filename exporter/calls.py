@@ -108,6 +108,7 @@ class InFlightCall:
     initiator: str | None
     intent: str | None
     speculative: bool
+    task_id: str | None = None  # X-Agent-Task-Id: the agent loop a call belongs to
     facts: RequestFacts = field(default_factory=RequestFacts)
     request_text: bytes | None = None  # the decoded body, kept only for recordings
     parser: AnswerParser | None = None
@@ -229,6 +230,7 @@ class CallTracker:
             initiator=initiator if initiator in ("user", "agent") else None,
             intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
             speculative=(h.get("x-copilot-speculative") or "").strip().lower() == "true",
+            task_id=_header(h, "x-agent-task-id"),
         )
         return seen
 
@@ -396,10 +398,14 @@ class CallTracker:
                 path_model=None,
                 client=sock.client,
                 request_id=f"{_header(h, 'x-request-id') or sock.flow_id}#{sock.seq}",
-                interaction_id=_header(h, "x-interaction-id"),
+                # A long-lived socket carries several prompts: each call's ids come from its own frame.
+                interaction_id=facts.interaction_id or _header(h, "x-interaction-id"),
                 initiator=facts.initiator,
-                intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
+                intent=facts.interaction_type
+                or _header(h, "openai-intent", 64)
+                or _header(h, "x-interaction-type", 64),
                 speculative=False,
+                task_id=facts.task_id or _header(h, "x-agent-task-id"),
                 facts=facts,
                 parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
                 streamed=True,

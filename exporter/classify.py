@@ -75,10 +75,14 @@ MODEL_CALL_KINDS: frozenset[Kind] = CHAT_KINDS | {
 # Kinds that can be counted as interactions (copilot_requests_total).
 INTERACTION_KINDS: frozenset[Kind] = CHAT_KINDS | {Kind.COMPLETION, Kind.NEXT_EDIT}
 
-# OpenAI-Intent / X-Interaction-Type value -> chat mode kind (copilot-traffic.md §4.2).
+# OpenAI-Intent / X-Interaction-Type value -> chat mode kind (copilot-traffic.md §4.2). The Copilot CLI sends
+# X-Interaction-Type conversation-user on a prompt's first call and conversation-agent on its tool rounds and
+# retries (copilot-cli.md): both are its agent loop, so one turn keeps one kind on every transport, including
+# /v1/messages, which carries no OpenAI-Intent.
 _INTENT_MODE: dict[str, Kind] = {
     "conversation-panel": Kind.CHAT_PANEL,
     "conversation-agent": Kind.CHAT_AGENT,
+    "conversation-user": Kind.CHAT_AGENT,
     "conversation-edits": Kind.CHAT_EDITS,
     "conversation-inline": Kind.CHAT_INLINE,
     "conversation-notebook": Kind.CHAT_NOTEBOOK,
@@ -281,3 +285,13 @@ def chat_mode(intent: str | None, interaction_type: str | None) -> Kind:
             if mode is not None:
                 return mode
     return Kind.CHAT
+
+
+def intent_family(intent: str | None) -> str:
+    """The family of an OpenAI-Intent / X-Interaction-Type value: its chat mode when known, else the value.
+
+    Calls of one agent loop may name their intent differently (the CLI's conversation-user first call and its
+    conversation-agent rounds); comparing families, not raw strings, keeps them one turn. "" when absent."""
+    value = (intent or "").strip().lower()
+    mode = _INTENT_MODE.get(value)
+    return mode.value if mode is not None else value

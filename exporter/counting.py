@@ -6,7 +6,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 
-from exporter.classify import CHAT_KINDS, INTERACTION_KINDS, Kind
+from exporter.classify import CHAT_KINDS, INTERACTION_KINDS, Kind, intent_family
 from exporter.streams import Answer
 
 
@@ -25,17 +25,17 @@ class Skip(StrEnum):
     NOT_USER_TURN = "not_user_turn"  # no initiator header and the last message is not the user's
 
 
-class SeenSet:
+class SeenSet[V]:
     """A bounded, time-limited map of keys seen (interaction ids, request ids) to a small value.
 
     Keys are kept as their 64-bit hash (stable within the process): a third of the memory of the ids."""
 
     def __init__(self, max_items: int = 100_000, ttl_seconds: float = 6 * 3600) -> None:
-        self._items: OrderedDict[int, tuple[float, str]] = OrderedDict()
+        self._items: OrderedDict[int, tuple[float, V]] = OrderedDict()
         self._max = max_items
         self._ttl = ttl_seconds
 
-    def get(self, key: str, now: float) -> str | None:
+    def get(self, key: str, now: float) -> V | None:
         h = hash(key)
         item = self._items.get(h)
         if item is None:
@@ -45,7 +45,7 @@ class SeenSet:
             return None
         return item[1]
 
-    def add(self, key: str, now: float, value: str = "") -> None:
+    def add(self, key: str, now: float, value: V) -> None:
         h = hash(key)
         self._items[h] = (now, value)
         self._items.move_to_end(h)
@@ -58,23 +58,27 @@ class SeenSet:
                 break
             self._items.popitem(last=False)
 
+    def discard(self, key: str) -> None:
+        self._items.pop(hash(key), None)
+
     def __len__(self) -> int:
         return len(self._items)
 
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """The facts about a finished call that counting needs."""
+    """The facts about a finished call that counting needs, and where the tracker reads each one."""
 
-    kind: Kind
-    status: int | None
-    request_id: str | None
-    interaction_id: str | None
-    initiator: str | None  # from X-Initiator (or the WebSocket frame); None when absent
-    intent: str | None
-    speculative: bool
-    user_last: bool | None  # body heuristic for the §4.3 fallback
-    client_aborted: bool = False
+    kind: Kind  # classify.route + chat_mode(OpenAI-Intent, X-Interaction-Type); chat_ws for a WebSocket frame
+    status: int | None  # the HTTP status (101 for a WebSocket frame's call); None when nothing answered
+    request_id: str | None  # X-Request-Id (a WebSocket call: the upgrade's, plus the call's number on the socket)
+    interaction_id: str | None  # X-Interaction-Id; a WebSocket call: its frame's headers.X-Interaction-Id first
+    initiator: str | None  # X-Initiator, or the WebSocket frame's `initiator`; None when absent
+    intent: str | None  # OpenAI-Intent, else X-Interaction-Type (a WebSocket call: its frame's X-Interaction-Type)
+    speculative: bool  # X-Copilot-Speculative: true
+    user_last: bool | None  # body heuristic for the §4.3 fallback (bodies.RequestFacts.user_last)
+    client_aborted: bool = False  # the client went away before the answer ended
+    task_id: str | None = None  # X-Agent-Task-Id; a WebSocket call: headers.X-Agent-Task-Id, else agent_task_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,22 +86,38 @@ class Decision:
     counted: bool
     skip: Skip | None = None
     initiator: str = "unknown"
-    initiator_source: str = "none"  # header | body | heuristic | inferred | none
+    initiator_source: str = "none"  # header | body | heuristic | inferred | retry | none
+
+
+@dataclass(frozen=True, slots=True)
+class _Turn:
+    """What is remembered of an interaction: its user call's intent family and agent task (hashed)."""
+
+    family: str
+    task: int | None
 
 
 class Counter:
-    """Holds the seen interaction ids and counted request ids; decides each call once."""
+    """Holds the seen interaction ids and counted request ids; decides each call once.
+
+    A turn is an interaction id. It is counted once, on its first successful model call, when its first
+    request was user-initiated, whatever the successful call's own initiator: a user call that failed
+    (429, 5xx, no answer) leaves its id *pending*, and the next successful call of the same agent loop
+    counts the turn (`initiator_source: retry`). The Copilot CLI resends a rate-limited prompt with
+    `X-Initiator: agent`; without this the prompt would count zero times."""
 
     def __init__(self, max_items: int = 100_000, ttl_seconds: float = 6 * 3600) -> None:
         # A turn can run for hours (long agent sessions); a retry follows its request within seconds.
-        self.turns = SeenSet(max_items, ttl_seconds)
-        self.requests = SeenSet(min(max_items, 20_000), min(ttl_seconds, 600.0))
+        self.turns: SeenSet[_Turn] = SeenSet(max_items, ttl_seconds)
+        # Kept apart from the counted turns so that a storm of failing calls cannot push those out.
+        self.pending: SeenSet[_Turn] = SeenSet(max_items, ttl_seconds)
+        self.requests: SeenSet[bool] = SeenSet(min(max_items, 20_000), min(ttl_seconds, 600.0))
 
     def decide(self, call: Call, answer: Answer | None, now: float) -> Decision:
         initiator, source = _initiator(call)
         decision = self._decide(call, answer, now, initiator, source)
         if decision.counted and call.request_id:
-            self.requests.add(call.request_id, now)
+            self.requests.add(call.request_id, now, True)
         return decision
 
     def _decide(self, call: Call, answer: Answer | None, now: float, initiator: str, source: str) -> Decision:
@@ -107,10 +127,10 @@ class Counter:
         if call.kind not in INTERACTION_KINDS:
             return skip(Skip.NOT_INTERACTION)
         if call.status is None:
+            self._fail(call, now, initiator)
             return skip(Skip.NO_RESPONSE)
-        # A Responses-over-WebSocket call lives inside the 101 upgrade; its frames carry the answer.
-        ok = 200 <= call.status < 300 or (call.kind is Kind.CHAT_WS and call.status == 101)
-        if not ok:
+        if not _succeeded(call, answer):
+            self._fail(call, now, initiator)
             return skip(Skip.HTTP_ERROR)
         if call.request_id and self.requests.get(call.request_id, now) is not None:
             return skip(Skip.RETRY_DUPLICATE)
@@ -127,19 +147,63 @@ class Counter:
             return skip(Skip.EMPTY_COMPLETION)
         return Decision(True, None, initiator, source)
 
+    def _fail(self, call: Call, now: float, initiator: str) -> None:
+        """A failed user call of a turn not yet counted leaves the turn pending (its first failure kept)."""
+        iid = call.interaction_id
+        if initiator != "user" or not iid or call.kind not in CHAT_KINDS:
+            return
+        if self.turns.get(iid, now) is None and self.pending.get(iid, now) is None:
+            self.pending.add(iid, now, _turn_of(call))
+
     def _chat(self, call: Call, now: float, initiator: str, source: str) -> Decision:
-        if initiator != "user":
-            reason = Skip.NOT_USER_TURN if source == "heuristic" else Skip.AGENT_STEP
-            if call.interaction_id:
-                turn_intent = self.turns.get(call.interaction_id, now)
-                if turn_intent is not None and call.intent and turn_intent and call.intent != turn_intent:
-                    reason = Skip.AUXILIARY
+        iid = call.interaction_id
+        if initiator == "user":
+            if iid:
+                if self.turns.get(iid, now) is not None:
+                    return Decision(False, Skip.TURN_FOLLOWUP, initiator, source)
+                self.turns.add(iid, now, self.pending.get(iid, now) or _turn_of(call))
+                self.pending.discard(iid)
+            return Decision(True, None, initiator, source)
+        reason = Skip.NOT_USER_TURN if source == "heuristic" else Skip.AGENT_STEP
+        if not iid:
             return Decision(False, reason, initiator, source)
-        if call.interaction_id:
-            if self.turns.get(call.interaction_id, now) is not None:
-                return Decision(False, Skip.TURN_FOLLOWUP, initiator, source)
-            self.turns.add(call.interaction_id, now, call.intent or "")
-        return Decision(True, None, initiator, source)
+        turn = self.turns.get(iid, now)
+        if turn is not None:
+            return Decision(False, Skip.AUXILIARY if _other_loop(turn, call) else reason, initiator, source)
+        pending = self.pending.get(iid, now)
+        if pending is None:
+            return Decision(False, reason, initiator, source)
+        if _other_loop(pending, call):  # e.g. a title request after the failed call: not its retry
+            return Decision(False, Skip.AUXILIARY, initiator, source)
+        # The retry of a failed user call answers the user's prompt: the turn counts now, as the user's.
+        self.turns.add(iid, now, pending)
+        self.pending.discard(iid)
+        return Decision(True, None, "user", "retry")
+
+
+def _succeeded(call: Call, answer: Answer | None) -> bool:
+    if call.status is not None and 200 <= call.status < 300:
+        return True
+    if call.kind is not Kind.CHAT_WS or call.status != 101:
+        return False
+    # A Responses-over-WebSocket call lives inside the 101 upgrade; an `error` event in its frames (a rate
+    # limit, a bad previous_response_id) that ended it before `response.completed` is its failure.
+    return answer is None or answer.error is None or answer.complete
+
+
+def _turn_of(call: Call) -> _Turn:
+    return _Turn(intent_family(call.intent), hash(call.task_id) if call.task_id else None)
+
+
+def _other_loop(turn: _Turn, call: Call) -> bool:
+    """True for a call of another agent loop than the turn's: an auxiliary call (title, categorisation…).
+
+    The same X-Agent-Task-Id is the same loop (the CLI keeps one per prompt); VS Code gives every call its
+    own task id, so there the intent family decides: a known family that differs from the turn's."""
+    if turn.task is not None and call.task_id and hash(call.task_id) == turn.task:
+        return False
+    family = intent_family(call.intent)
+    return bool(turn.family and family and family != turn.family)
 
 
 def _initiator(call: Call) -> tuple[str, str]:

@@ -37,11 +37,15 @@ _PLUGIN_EDITORS: dict[str, str] = {
     "copilot-chat": "vscode",
     "copilot": "vscode",
 }
-# User-Agent product -> editor label, the last fallback.
+# User-Agent product -> editor label, the last fallback. The Copilot CLI sends `copilot/<v> (...)` on its model
+# calls, `copilot-cli/<v>` on its MCP calls and `GitHubCopilotCLI` on its update check (copilot-cli.md).
 _UA_EDITORS: tuple[tuple[str, str], ...] = (
     ("githubcopilotchat/", "vscode"),
     ("copilot/", "cli"),
+    ("copilot-cli/", "cli"),
+    ("githubcopilotcli", "cli"),
 )
+CLI_INTEGRATION_ID = "copilot-developer-cli"
 
 
 def clean(value: str | None, limit: int = _MAX_VALUE) -> str | None:
@@ -134,9 +138,8 @@ def identify(headers: Mapping[str, str]) -> ClientIdentity | None:
     editor_name, editor_version = _split(raw_editor)
     plugin, plugin_version = _split(headers.get("editor-plugin-version"))
     if editor_name:
-        return ClientIdentity(
-            editor_label(editor_name), editor_name, editor_version, plugin, plugin_version, raw_editor
-        )
+        label = "cli" if _is_cli(editor_name, headers) else editor_label(editor_name)
+        return ClientIdentity(label, editor_name, editor_version, plugin, plugin_version, raw_editor)
     if plugin:
         editor = _PLUGIN_EDITORS.get(plugin.lower())
         if editor:
@@ -150,8 +153,21 @@ def identify(headers: Mapping[str, str]) -> ClientIdentity | None:
                 return ClientIdentity("cli", "cli", version, plugin, plugin_version, None)
             # The VS Code Chat extension's version names the plugin, not the editor.
             return ClientIdentity(editor, None, None, plugin or "copilot-chat", plugin_version or version, None)
-    if headers.get("copilot-integration-id", "").strip().lower() == "copilot-developer-cli":
+    if headers.get("copilot-integration-id", "").strip().lower() == CLI_INTEGRATION_ID:
         return ClientIdentity("cli", "cli", None, plugin, plugin_version, None)
     if plugin:
         return ClientIdentity(UNKNOWN, None, None, plugin, plugin_version, None)
     return None
+
+
+def _is_cli(editor_name: str, headers: Mapping[str, str]) -> bool:
+    """`Editor-Version: copilot/<v>` is the Copilot CLI when its User-Agent or integration id says so too.
+
+    The name alone is not enough: `copilot/<v>` was also the plugin name of VS Code's old completions
+    extension, and a client that only borrows the name should not be counted as the CLI."""
+    if editor_name.lower() != "copilot":
+        return False
+    if headers.get("copilot-integration-id", "").strip().lower() == CLI_INTEGRATION_ID:
+        return True
+    agent = (headers.get("user-agent") or "").strip().lower()
+    return agent.startswith("copilot/") or agent.endswith("client/github/cli")

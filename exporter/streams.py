@@ -82,6 +82,20 @@ class Answer:
             self.tool_calls.append(name[:128])
 
 
+def openai_usage(a: Answer, usage: Any, inputs: str, outputs: str) -> None:
+    """OpenAI-style usage: `<inputs>_tokens` (+ details.cached_tokens), `<outputs>_tokens` (+ reasoning)."""
+    if not isinstance(usage, dict):
+        return
+    a.input_tokens = _int(usage.get(f"{inputs}_tokens"))
+    a.output_tokens = _int(usage.get(f"{outputs}_tokens"))
+    details = usage.get(f"{inputs}_tokens_details")
+    if isinstance(details, dict):
+        a.cached_tokens = _int(details.get("cached_tokens"))
+    details = usage.get(f"{outputs}_tokens_details")
+    if isinstance(details, dict):
+        a.reasoning_tokens = _int(details.get("reasoning_tokens"))
+
+
 class AnswerParser:
     """Feeds decoded SSE events (or one JSON body) of one shape into an Answer."""
 
@@ -123,6 +137,8 @@ class AnswerParser:
             a.malformed_events += 1
             return
         a.events += 1
+        if "error" in obj:  # an error answer (a 429's JSON body): its code goes to the event log
+            self._error(obj)
         if self.shape is Shape.CHAT:
             for choice in _items(obj.get("choices")):
                 if not isinstance(choice, dict):
@@ -191,18 +207,7 @@ class AnswerParser:
         self._copilot_usage(obj)
 
     def _usage(self, usage: Any, inputs: str, outputs: str) -> None:
-        """OpenAI-style usage: `<inputs>_tokens` (+ details.cached_tokens), `<outputs>_tokens` (+ reasoning)."""
-        if not isinstance(usage, dict):
-            return
-        a = self.answer
-        a.input_tokens = _int(usage.get(f"{inputs}_tokens"))
-        a.output_tokens = _int(usage.get(f"{outputs}_tokens"))
-        details = usage.get(f"{inputs}_tokens_details")
-        if isinstance(details, dict):
-            a.cached_tokens = _int(details.get("cached_tokens"))
-        details = usage.get(f"{outputs}_tokens_details")
-        if isinstance(details, dict):
-            a.reasoning_tokens = _int(details.get("reasoning_tokens"))
+        openai_usage(self.answer, usage, inputs, outputs)
 
     def _copilot_usage(self, obj: dict[str, Any]) -> None:
         cu = obj.get("copilot_usage")
@@ -295,7 +300,9 @@ class AnswerParser:
                 a.finish_reasons[0] = "failed"
             return False
         if kind == "error":
-            self._error({"error": obj})
+            # Over WebSocket the event nests the error object: {"type":"error","status":429,"error":{"code":…}}.
+            nested = obj.get("error")
+            self._error({"error": nested if isinstance(nested, dict) else obj})
             return False
         return False
 

@@ -25,12 +25,19 @@ Every token, id and hash here is fake (copied from the spec or made up in the sa
   (`copilot_requests_total`); skip_reason: why not, one of `SKIP_REASONS`, None when counted.
 
 Optional extra keys: tool_calls (tuple of (name, arguments)), choices (tuple of (index, text, finish)),
-cached_tokens, nano_aiu, speculative, endpoints, sku, telemetry_events.
+cached_tokens, nano_aiu, speculative, endpoints, sku, telemetry_events, initiator_source (`retry`: the call
+counts its turn as the user's although its own X-Initiator is `agent`: it retries a failed user call).
+
+`ALL` is the IDE day (VS Code, JetBrains, Neovim, Zed, telemetry). The Copilot CLI's calls are apart: `CLI`
+(HTTP exchanges, replayed in order through one proxy) and `CLI_WEBSOCKET` (the `response.create` calls of one
+Responses WebSocket: `request_body` is the client frame, `response_body` the server frames as an event
+stream). They carry no X-Request-Id, like the real CLI.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,6 +133,11 @@ def split_sse_events(body: bytes) -> tuple[bytes, ...]:
     return tuple(events)
 
 
+def _json(value: Any) -> str:
+    """Compact JSON, as the clients and the backend send it."""
+    return json.dumps(value, separators=(",", ":"))
+
+
 def _sse(*payloads: str) -> bytes:
     """An event stream of `data:` events, each followed by a blank line."""
     return "".join(f"data: {p}\n\n" for p in payloads).encode("utf-8")
@@ -163,6 +175,7 @@ SKIP_REASONS: tuple[str, ...] = (
     "turn_followup",  # a further user-initiated request of an already counted interaction id (suggestions)
     "auxiliary",  # an agent request of another intent within a counted turn (title, categorisation, ...)
     "not_interaction",  # token exchange, telemetry, ...: never an interaction
+    "http_error",  # a non-2xx answer (a 429 before the retry that counts the turn)
 )
 
 
@@ -191,6 +204,7 @@ _OPTIONAL_KEYS = frozenset(
         "endpoints",
         "sku",
         "telemetry_events",
+        "initiator_source",
     }
 )
 
@@ -1169,6 +1183,721 @@ ALL: tuple[Exchange, ...] = (
 )
 
 BY_NAME: dict[str, Exchange] = {e.name: e for e in ALL}
+
+# ---------------------------------------------------------------------------------------------------
+# The Copilot CLI 1.0.102 (copilot-cli.md): its four transports, tool rounds, a 429 and its retry, and a
+# Responses WebSocket carrying two prompts. The CLI sends no X-Request-Id; `X-Interaction-Id` and
+# `X-Agent-Task-Id` are per prompt, shared by its tool rounds and retries, which carry `X-Initiator: agent`
+# and `X-Interaction-Type: conversation-agent`. Not in `ALL` (whose replay fixes the VS Code day's totals):
+# `CLI` holds the HTTP exchanges in replay order, `CLI_WEBSOCKET` the calls of one socket.
+
+CLI_VERSION = "1.0.102"
+CLI_USER_AGENT = f"copilot/{CLI_VERSION} (linux v24.20.0) term/unknown client/github/cli"
+CLI_SESSION_ID = "3b2792ba-b1ba-456c-a8c2-53b9292c4d09"
+_CLI_MACHINE_ID = "cfc33fdf-1be2-473c-a48c-52bceb9e5967"
+_CLI_HOST = "api.business.githubcopilot.com"
+
+
+def _cli_prompt_ids(n: int) -> tuple[str, str]:
+    """(X-Interaction-Id, X-Agent-Task-Id) of the CLI sample prompt number n: two UUIDs per prompt."""
+    return f"a48bb029-2d3a-4cb0-bb88-{n:012d}", f"5662574f-248a-4961-b99f-{n:012d}"
+
+
+def _cli_headers(prompt: int, initiator: str, transport: str) -> tuple[tuple[str, str], ...]:
+    """A CLI model call's headers in the CLI's order; `transport` is responses, chat or messages."""
+    interaction_id, task_id = _cli_prompt_ids(prompt)
+    mode = "conversation-user" if initiator == "user" else "conversation-agent"
+    messages = transport == "messages"
+    return (
+        ("accept", "*/*" if messages else "application/json"),
+        ("copilot-integration-id", "copilot-developer-cli"),
+        ("x-github-repository-host", "__no_repository__"),
+        ("x-agent-task-id", task_id),
+        ("x-client-machine-id", _CLI_MACHINE_ID),
+        ("editor-version", f"copilot/{CLI_VERSION}"),
+        ("x-interaction-id", interaction_id),
+        ("content-type", "application/json"),
+        *((("anthropic-version", "2023-06-01"),) if messages else (("openai-intent", "conversation-agent"),)),
+        ("x-stainless-helper-method", "stream"),
+        ("authorization", f"Bearer {GITHUB_OAUTH_TOKEN}"),
+        ("x-github-api-version", "2026-08-01"),
+        ("x-client-session-id", CLI_SESSION_ID),
+        ("user-agent", CLI_USER_AGENT),
+        ("x-github-repository-nwo", "__no_repository__"),
+        ("x-interaction-type", mode),
+        ("x-initiator", initiator),
+        ("copilot-harness-id", "copilot-sdk"),
+        ("accept-encoding", "zstd,gzip,deflate,br"),
+    )
+
+
+def _copilot_usage(model: str, nano_aiu: int, input_tokens: int, output_tokens: int) -> str:
+    """The CLI's `copilot_usage` object (session-event schema AssistantUsageCopilotUsage)."""
+    return _json(
+        {
+            "model": model,
+            "total_nano_aiu": nano_aiu,
+            "token_details": [
+                {
+                    "batch_size": 1000,
+                    "cost_per_batch": 1,
+                    "model": model,
+                    "token_count": input_tokens,
+                    "token_type": "input",
+                },
+                {
+                    "batch_size": 1000,
+                    "cost_per_batch": 8,
+                    "model": model,
+                    "token_count": output_tokens,
+                    "token_type": "output",
+                },
+            ],
+        }
+    )
+
+
+_CLI_TOOLS_RESPONSES = (
+    r'[{"type":"function","name":"bash","description":"Run a Bash command.","strict":false,"parameters":{"type":'
+    r'"object","properties":{"command":{"type":"string"}},"required":["command"]}},{"type":"function","name":'
+    r'"view","description":"View a file.","strict":false,"parameters":{"type":"object","properties":{"path":'
+    r'{"type":"string"}},"required":["path"]}}]'
+)
+_CLI_INSTRUCTIONS = "You are the GitHub Copilot CLI, a terminal assistant built by GitHub."
+
+
+def _cli_responses_body(prompt_text: str, extra_input: str = "") -> bytes:
+    user = r'{"role":"user","content":[{"type":"input_text","text":"' + prompt_text + r'"}]}'
+    return (
+        r'{"include":["reasoning.encrypted_content"],"input":['
+        + user
+        + extra_input
+        + r'],"instructions":"'
+        + _CLI_INSTRUCTIONS
+        + r'","model":"gpt-5.1-codex","parallel_tool_calls":true,"reasoning":{"effort":"medium","summary":"auto"},'
+        r'"store":false,"stream":true,"tools":' + _CLI_TOOLS_RESPONSES + "}"
+    ).encode()
+
+
+def _responses_stream(
+    resp_id: str, model: str, output: str, deltas: tuple[tuple[str, str], ...], usage: tuple[int, int, int], nano: int
+) -> bytes:
+    """A Responses API stream: created, the given (event, data) deltas, completed with usage + copilot_usage."""
+    inp, cached, out = usage
+    return _sse_typed(
+        (
+            "response.created",
+            r'{"type":"response.created","sequence_number":0,"response":{"id":"' + resp_id + r'","object":"response",'
+            r'"created_at":1767221000,"status":"in_progress","model":"' + model + r'","output":[]}}',
+        ),
+        *deltas,
+        (
+            "response.completed",
+            r'{"type":"response.completed","sequence_number":9,"response":{"id":"' + resp_id + r'","object":"response",'
+            r'"created_at":1767221000,"status":"completed","model":"' + model + r'","output":[' + output + r'],"usage":'
+            r'{"input_tokens":' + str(inp) + r',"input_tokens_details":{"cached_tokens":' + str(cached) + r"},"
+            r'"output_tokens":'
+            + str(out)
+            + r',"output_tokens_details":{"reasoning_tokens":0},"total_tokens":'
+            + str(inp + out)
+            + r'}},"copilot_usage":'
+            + _copilot_usage(model, nano, inp, out)
+            + "}",
+        ),
+    )
+
+
+def _responses_tool_stream(
+    resp_id: str, call_id: str, tool: str, arguments: str, usage: tuple[int, int, int], nano: int
+) -> bytes:
+    item = (
+        r'{"id":"fc_'
+        + resp_id[5:]
+        + r'","type":"function_call","status":"completed","call_id":"'
+        + call_id
+        + r'","name":"'
+        + tool
+        + r'","arguments":'
+        + _json(arguments)
+        + "}"
+    )
+    added = (
+        r'{"id":"fc_'
+        + resp_id[5:]
+        + r'","type":"function_call","status":"in_progress","call_id":"'
+        + call_id
+        + r'","name":"'
+        + tool
+        + r'","arguments":""}'
+    )
+    return _responses_stream(
+        resp_id,
+        "gpt-5.1-codex",
+        item,
+        (
+            (
+                "response.output_item.added",
+                r'{"type":"response.output_item.added","sequence_number":1,"output_index":0,"item":' + added + "}",
+            ),
+            (
+                "response.function_call_arguments.delta",
+                r'{"type":"response.function_call_arguments.delta","sequence_number":2,"item_id":"fc_'
+                + resp_id[5:]
+                + r'","output_index":0,"delta":'
+                + _json(arguments)
+                + "}",
+            ),
+            (
+                "response.output_item.done",
+                r'{"type":"response.output_item.done","sequence_number":3,"output_index":0,"item":' + item + "}",
+            ),
+        ),
+        usage,
+        nano,
+    )
+
+
+def _responses_text_stream(resp_id: str, text: str, usage: tuple[int, int, int], nano: int) -> bytes:
+    msg_id = "msg_" + resp_id[5:]
+    done = (
+        r'{"id":"' + msg_id + r'","type":"message","status":"completed","role":"assistant","content":[{"type":'
+        r'"output_text","text":' + _json(text) + r',"annotations":[]}]}'
+    )
+    return _responses_stream(
+        resp_id,
+        "gpt-5.1-codex",
+        done,
+        (
+            (
+                "response.output_item.added",
+                r'{"type":"response.output_item.added","sequence_number":1,"output_index":0,"item":{"id":"'
+                + msg_id
+                + r'","type":"message","status":"in_progress","role":"assistant","content":[]}}',
+            ),
+            (
+                "response.output_text.delta",
+                r'{"type":"response.output_text.delta","sequence_number":2,"item_id":"'
+                + msg_id
+                + r'","output_index":0,"content_index":0,"delta":'
+                + _json(text)
+                + "}",
+            ),
+            (
+                "response.output_item.done",
+                r'{"type":"response.output_item.done","sequence_number":3,"output_index":0,"item":' + done + "}",
+            ),
+        ),
+        usage,
+        nano,
+    )
+
+
+def _cli_exchange(
+    name: str, path: str, prompt: int, initiator: str, body: bytes, status: int, response: bytes, **expected: Any
+) -> Exchange:
+    interaction_id, _ = _cli_prompt_ids(prompt)
+    transport = {"/responses": "responses", "/chat/completions": "chat", "/v1/messages": "messages"}[path]
+    ok = status == 200
+    return Exchange(
+        name=name,
+        method="POST",
+        scheme="https",
+        host=_CLI_HOST,
+        path=path,
+        http_version="HTTP/1.1",
+        request_headers=_cli_headers(prompt, initiator, transport),
+        request_body=body,
+        status=status,
+        response_headers=(
+            (("content-type", "text/event-stream"), ("x-github-request-id", f"CL1:0000:{prompt:04d}:{len(name):04d}"))
+            if ok
+            else (("content-type", "application/json"), ("retry-after", "1"))
+        ),
+        response_body=response,
+        expected=_expected(
+            kind="chat_agent",
+            editor="cli",
+            editor_version=f"copilot/{CLI_VERSION}",
+            initiator=initiator,
+            interaction_id=interaction_id,
+            streamed=ok,
+            **expected,
+        ),
+    )
+
+
+_RATE_LIMITED_BODY = (
+    b'{"error":{"message":"Sorry, you have been rate-limited. Please wait a moment before trying again.",'
+    b'"code":"rate_limited"}}'
+)
+
+# Prompt 1, /responses: the model asks for `bash`, the CLI runs it and sends one tool round.
+_P1_BODY = _cli_responses_body("List the Python files here.")
+CLI_RESPONSES_PROMPT = _cli_exchange(
+    "cli_responses_prompt",
+    "/responses",
+    1,
+    "user",
+    _P1_BODY,
+    200,
+    _responses_tool_stream("resp_CLI00001", "call_CLI00001", "bash", '{"command":"ls *.py"}', (4210, 0, 35), 180000000),
+    model="gpt-5.1-codex",
+    resolved_model="gpt-5.1-codex",
+    text="",
+    finish_reason="completed",
+    input_tokens=4210,
+    output_tokens=35,
+    cached_tokens=0,
+    nano_aiu=180000000,
+    tool_calls=(("bash", '{"command":"ls *.py"}'),),
+    counted=True,
+)
+_P1_ROUND_INPUT = (
+    r',{"type":"function_call","call_id":"call_CLI00001","name":"bash","arguments":"{\"command\":\"ls *.py\"}"},'
+    r'{"type":"function_call_output","call_id":"call_CLI00001","output":"setup.py\nutil.py\n"}'
+)
+CLI_RESPONSES_TOOL_ROUND = _cli_exchange(
+    "cli_responses_tool_round",
+    "/responses",
+    1,
+    "agent",
+    _cli_responses_body("List the Python files here.", _P1_ROUND_INPUT),
+    200,
+    _responses_text_stream("resp_CLI00002", "Two: setup.py and util.py.", (4290, 4096, 11), 60000000),
+    model="gpt-5.1-codex",
+    resolved_model="gpt-5.1-codex",
+    text="Two: setup.py and util.py.",
+    finish_reason="completed",
+    input_tokens=4290,
+    output_tokens=11,
+    cached_tokens=4096,
+    nano_aiu=60000000,
+    counted=False,
+    skip_reason="agent_step",
+)
+
+# Prompt 2, /responses: the first call meets a 429; the CLI waits Retry-After and resends it as `agent`.
+_P2_BODY = _cli_responses_body("What does util.py do?")
+CLI_RESPONSES_RATE_LIMITED = _cli_exchange(
+    "cli_responses_rate_limited",
+    "/responses",
+    2,
+    "user",
+    _P2_BODY,
+    429,
+    _RATE_LIMITED_BODY,
+    model="gpt-5.1-codex",
+    counted=False,
+    skip_reason="http_error",
+)
+CLI_RESPONSES_RETRY = _cli_exchange(
+    "cli_responses_retry",
+    "/responses",
+    2,
+    "agent",
+    _P2_BODY,
+    200,
+    _responses_text_stream("resp_CLI00003", "It adds two numbers.", (3980, 0, 7), 55000000),
+    model="gpt-5.1-codex",
+    resolved_model="gpt-5.1-codex",
+    text="It adds two numbers.",
+    finish_reason="completed",
+    input_tokens=3980,
+    output_tokens=7,
+    cached_tokens=0,
+    nano_aiu=55000000,
+    initiator_source="retry",
+    counted=True,
+)
+
+# Prompt 3, /chat/completions: a `view` tool call, then the round that answers.
+_CLI_CHAT_TOOLS = (
+    r'[{"type":"function","function":{"name":"view","description":"View a file.","parameters":{"type":"object",'
+    r'"properties":{"path":{"type":"string"}},"required":["path"]}}}]'
+)
+_CLI_CHAT_SYSTEM = r'{"role":"system","content":"' + _CLI_INSTRUCTIONS + r'"}'
+_CLI_CHAT_USER = r'{"role":"user","content":"Show me the README title."}'
+
+
+def _cli_chat_body(*messages: str) -> bytes:
+    return (
+        r'{"messages":[' + ",".join((_CLI_CHAT_SYSTEM, _CLI_CHAT_USER, *messages)) + r'],"model":"gpt-4.1",'
+        r'"reasoning_effort":"medium","snippy":{"enabled":false},"stream":true,"stream_options":{"include_usage":true},'
+        r'"temperature":0,"tool_choice":"auto","tools":' + _CLI_CHAT_TOOLS + "}"
+    ).encode()
+
+
+def _chat_chunk(chunk_id: str, choices: str, extra: str = "") -> str:
+    return (
+        r'{"choices":'
+        + choices
+        + r',"created":1767221100,"id":"'
+        + chunk_id
+        + r'","model":"gpt-4.1-2025-04-14"'
+        + extra
+        + "}"
+    )
+
+
+def _chat_usage(chunk_id: str, inp: int, out: int, nano: int) -> str:
+    usage = (
+        r',"usage":{"completion_tokens":'
+        + str(out)
+        + r',"prompt_tokens":'
+        + str(inp)
+        + r',"total_tokens":'
+        + str(inp + out)
+        + "}"
+    )
+    return _chat_chunk(chunk_id, "[]", usage + r',"copilot_usage":' + _copilot_usage("gpt-4.1", nano, inp, out))
+
+
+CLI_CHAT_PROMPT = _cli_exchange(
+    "cli_chat_prompt",
+    "/chat/completions",
+    3,
+    "user",
+    _cli_chat_body(),
+    200,
+    _sse(
+        _chat_chunk(
+            "chatcmpl-CLI0003",
+            r'[{"index":0,"delta":{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":"","name":"view"},"id":"call_CLI00003","index":0,"type":"function"}]}}]',
+        ),
+        _chat_chunk(
+            "chatcmpl-CLI0003",
+            r'[{"index":0,"delta":{"tool_calls":[{"function":{"arguments":"{\"path\":\"README.md\"}"},"index":0}]}}]',
+        ),
+        _chat_chunk("chatcmpl-CLI0003", r'[{"finish_reason":"tool_calls","index":0,"delta":{}}]'),
+        _chat_usage("chatcmpl-CLI0003", 2950, 18, 150000000),
+        "[DONE]",
+    ),
+    model="gpt-4.1",
+    resolved_model="gpt-4.1-2025-04-14",
+    text="",
+    finish_reason="tool_calls",
+    input_tokens=2950,
+    output_tokens=18,
+    nano_aiu=150000000,
+    tool_calls=(("view", '{"path":"README.md"}'),),
+    counted=True,
+)
+CLI_CHAT_TOOL_ROUND = _cli_exchange(
+    "cli_chat_tool_round",
+    "/chat/completions",
+    3,
+    "agent",
+    _cli_chat_body(
+        r'{"role":"assistant","content":null,"tool_calls":[{"id":"call_CLI00003","type":"function","function":{"name":"view","arguments":"{\"path\":\"README.md\"}"}}]}',
+        r'{"role":"tool","tool_call_id":"call_CLI00003","content":"# Copilot Proxy Insight\n"}',
+    ),
+    200,
+    _sse(
+        _chat_chunk(
+            "chatcmpl-CLI0004",
+            r'[{"index":0,"delta":{"content":"The title is \"Copilot Proxy Insight\".","role":"assistant"}}]',
+        ),
+        _chat_chunk("chatcmpl-CLI0004", r'[{"finish_reason":"stop","index":0,"delta":{}}]'),
+        _chat_usage("chatcmpl-CLI0004", 3010, 9, 90000000),
+        "[DONE]",
+    ),
+    model="gpt-4.1",
+    resolved_model="gpt-4.1-2025-04-14",
+    text='The title is "Copilot Proxy Insight".',
+    finish_reason="stop",
+    input_tokens=3010,
+    output_tokens=9,
+    nano_aiu=90000000,
+    counted=False,
+    skip_reason="agent_step",
+)
+
+# Prompts 4 and 5, /v1/messages: no OpenAI-Intent; X-Interaction-Type conversation-user, then -agent.
+_CLI_MESSAGES_TOOLS = (
+    r'[{"name":"bash","description":"Run a Bash command.","input_schema":{"type":"object","properties":{"command":'
+    r'{"type":"string"}},"required":["command"]}}]'
+)
+
+
+def _cli_messages_body(prompt_text: str, *messages: str) -> bytes:
+    user = r'{"role":"user","content":[{"type":"text","text":"' + prompt_text + r'"}]}'
+    return (
+        r'{"max_tokens":32000,"messages":[' + ",".join((user, *messages)) + r'],"model":"claude-sonnet-4.5",'
+        r'"output_config":{"effort":"medium"},"stream":true,"system":[{"type":"text","text":"'
+        + _CLI_INSTRUCTIONS
+        + r'","cache_control":{"type":"ephemeral"}}],"temperature":1,"thinking":{"type":"enabled","budget_tokens":4000},'
+        r'"tools":' + _CLI_MESSAGES_TOOLS + "}"
+    ).encode()
+
+
+def _messages_stream(
+    msg_id: str, blocks: tuple[tuple[str, str], ...], stop: str, usage: tuple[int, int, int], nano: int
+) -> bytes:
+    """An Anthropic stream: message_start (fresh + cache-read input), the blocks, message_delta with copilot_usage."""
+    fresh, cache_read, out = usage
+    return _sse_typed(
+        (
+            "message_start",
+            r'{"type":"message_start","message":{"id":"' + msg_id + r'","type":"message","role":"assistant","model":'
+            r'"claude-sonnet-4.5","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":'
+            + str(fresh)
+            + r',"cache_creation_input_tokens":0,"cache_read_input_tokens":'
+            + str(cache_read)
+            + r',"output_tokens":1}}}',
+        ),
+        *blocks,
+        (
+            "message_delta",
+            r'{"type":"message_delta","delta":{"stop_reason":"'
+            + stop
+            + r'","stop_sequence":null},"usage":{"output_tokens":'
+            + str(out)
+            + r'},"copilot_usage":'
+            + _copilot_usage("claude-sonnet-4.5", nano, fresh + cache_read, out)
+            + "}",
+        ),
+        ("message_stop", r'{"type":"message_stop"}'),
+    )
+
+
+def _text_block(index: int, text: str) -> tuple[tuple[str, str], ...]:
+    return (
+        (
+            "content_block_start",
+            r'{"type":"content_block_start","index":' + str(index) + r',"content_block":{"type":"text","text":""}}',
+        ),
+        (
+            "content_block_delta",
+            r'{"type":"content_block_delta","index":'
+            + str(index)
+            + r',"delta":{"type":"text_delta","text":'
+            + _json(text)
+            + "}}",
+        ),
+        ("content_block_stop", r'{"type":"content_block_stop","index":' + str(index) + "}"),
+    )
+
+
+_P4_TOOL_USE = r'{"type":"tool_use","id":"toolu_CLI00004","name":"bash","input":{"command":"pytest -q"}}'
+CLI_MESSAGES_PROMPT = _cli_exchange(
+    "cli_messages_prompt",
+    "/v1/messages",
+    4,
+    "user",
+    _cli_messages_body("Run the tests."),
+    200,
+    _messages_stream(
+        "msg_CLI00004",
+        (
+            *_text_block(0, "Running the tests."),
+            (
+                "content_block_start",
+                r'{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_CLI00004","name":"bash","input":{}}}',
+            ),
+            (
+                "content_block_delta",
+                r'{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"command\":\"pytest -q\"}"}}',
+            ),
+            ("content_block_stop", r'{"type":"content_block_stop","index":1}'),
+        ),
+        "tool_use",
+        (1200, 9800, 40),
+        240000000,
+    ),
+    model="claude-sonnet-4.5",
+    resolved_model="claude-sonnet-4.5",
+    text="Running the tests.",
+    finish_reason="tool_use",
+    input_tokens=1200 + 9800,
+    output_tokens=40,
+    cached_tokens=9800,
+    nano_aiu=240000000,
+    tool_calls=(("bash", '{"command":"pytest -q"}'),),
+    counted=True,
+)
+CLI_MESSAGES_TOOL_ROUND = _cli_exchange(
+    "cli_messages_tool_round",
+    "/v1/messages",
+    4,
+    "agent",
+    _cli_messages_body(
+        "Run the tests.",
+        r'{"role":"assistant","content":[{"type":"text","text":"Running the tests."},' + _P4_TOOL_USE + "]}",
+        r'{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_CLI00004","content":"3 passed in 0.12s"}]}',
+    ),
+    200,
+    _messages_stream("msg_CLI00005", _text_block(0, "All 3 tests pass."), "end_turn", (150, 11000, 8), 70000000),
+    model="claude-sonnet-4.5",
+    resolved_model="claude-sonnet-4.5",
+    text="All 3 tests pass.",
+    finish_reason="end_turn",
+    input_tokens=150 + 11000,
+    output_tokens=8,
+    cached_tokens=11000,
+    nano_aiu=70000000,
+    counted=False,
+    skip_reason="agent_step",
+)
+_P5_BODY = _cli_messages_body("Summarise the last commit.")
+CLI_MESSAGES_RATE_LIMITED = _cli_exchange(
+    "cli_messages_rate_limited",
+    "/v1/messages",
+    5,
+    "user",
+    _P5_BODY,
+    429,
+    _RATE_LIMITED_BODY,
+    model="claude-sonnet-4.5",
+    counted=False,
+    skip_reason="http_error",
+)
+CLI_MESSAGES_RETRY = _cli_exchange(
+    "cli_messages_retry",
+    "/v1/messages",
+    5,
+    "agent",
+    _P5_BODY,
+    200,
+    _messages_stream(
+        "msg_CLI00006", _text_block(0, "It adds the CLI samples."), "end_turn", (900, 8000, 12), 110000000
+    ),
+    model="claude-sonnet-4.5",
+    resolved_model="claude-sonnet-4.5",
+    text="It adds the CLI samples.",
+    finish_reason="end_turn",
+    input_tokens=900 + 8000,
+    output_tokens=12,
+    cached_tokens=8000,
+    nano_aiu=110000000,
+    initiator_source="retry",
+    counted=True,
+)
+
+# Prompts 6 and 7: one Responses WebSocket (`GET /responses` + Upgrade, the first call's headers) carrying both.
+# Each call is a `response.create` frame whose own `headers` name its prompt; the server answers with one
+# Responses event per text frame (`response_body` holds them as an event stream, one event per frame).
+
+
+def _cli_ws_frame(prompt: int, initiator: str, input_items: str, previous: str | None = None) -> bytes:
+    interaction_id, task_id = _cli_prompt_ids(prompt)
+    headers = {
+        "X-Interaction-Id": interaction_id,
+        "X-Agent-Task-Id": task_id,
+        "X-Client-Session-Id": CLI_SESSION_ID,
+        "Copilot-Harness-Id": "copilot-sdk",
+    }
+    if initiator == "user":
+        headers["X-Interaction-Type"] = "conversation-user"
+    frame = (
+        r'{"type":"response.create","agent_task_id":"'
+        + task_id
+        + r'","headers":'
+        + _json(headers)
+        + r',"include":["reasoning.encrypted_content"],"initiator":"'
+        + initiator
+        + r'","input":['
+        + input_items
+        + r'],"instructions":"'
+        + _CLI_INSTRUCTIONS
+        + r'","model":"gpt-5.1-codex","parallel_tool_calls":true,'
+        + (r'"previous_response_id":"' + previous + r'",' if previous else "")
+        + r'"reasoning":{"effort":"medium","summary":"auto"},"store":false,"tools":'
+        + _CLI_TOOLS_RESPONSES
+        + "}"
+    )
+    return frame.encode()
+
+
+def _cli_ws_call(name: str, prompt: int, initiator: str, frame: bytes, response: bytes, **expected: Any) -> Exchange:
+    interaction_id, _ = _cli_prompt_ids(prompt)
+    return Exchange(
+        name=name,
+        method="GET",
+        scheme="https",
+        host=_CLI_HOST,
+        path="/responses",
+        http_version="HTTP/1.1",
+        request_headers=(("upgrade", "websocket"), ("connection", "Upgrade"), *_cli_headers(6, "user", "responses")),
+        request_body=frame,
+        status=101,
+        response_headers=(("upgrade", "websocket"), ("connection", "Upgrade")),
+        response_body=response,
+        expected=_expected(
+            kind="chat_ws",
+            editor="cli",
+            editor_version=f"copilot/{CLI_VERSION}",
+            model="gpt-5.1-codex",
+            resolved_model="gpt-5.1-codex",
+            initiator=initiator,
+            interaction_id=interaction_id,
+            streamed=True,
+            finish_reason="completed",
+            **expected,
+        ),
+    )
+
+
+_P6_USER = r'{"role":"user","content":[{"type":"input_text","text":"Which branch am I on?"}]}'
+CLI_WS_PROMPT = _cli_ws_call(
+    "cli_ws_prompt",
+    6,
+    "user",
+    _cli_ws_frame(6, "user", _P6_USER),
+    _responses_tool_stream(
+        "resp_CLI00007", "call_CLI00007", "bash", '{"command":"git branch --show-current"}', (4100, 0, 30), 170000000
+    ),
+    text="",
+    input_tokens=4100,
+    output_tokens=30,
+    cached_tokens=0,
+    nano_aiu=170000000,
+    tool_calls=(("bash", '{"command":"git branch --show-current"}'),),
+    counted=True,
+)
+CLI_WS_TOOL_ROUND = _cli_ws_call(
+    "cli_ws_tool_round",
+    6,
+    "agent",
+    _cli_ws_frame(
+        6, "agent", r'{"type":"function_call_output","call_id":"call_CLI00007","output":"cli\n"}', "resp_CLI00007"
+    ),
+    _responses_text_stream("resp_CLI00008", "You are on branch cli.", (4160, 4096, 8), 50000000),
+    text="You are on branch cli.",
+    input_tokens=4160,
+    output_tokens=8,
+    cached_tokens=4096,
+    nano_aiu=50000000,
+    counted=False,
+    skip_reason="agent_step",
+)
+CLI_WS_SECOND_PROMPT = _cli_ws_call(
+    "cli_ws_second_prompt",
+    7,
+    "user",
+    _cli_ws_frame(7, "user", r'{"role":"user","content":[{"type":"input_text","text":"And the last tag?"}]}'),
+    _responses_text_stream("resp_CLI00009", "The last tag is v0.9.0.", (4230, 4096, 10), 52000000),
+    text="The last tag is v0.9.0.",
+    input_tokens=4230,
+    output_tokens=10,
+    cached_tokens=4096,
+    nano_aiu=52000000,
+    counted=True,
+)
+
+CLI: tuple[Exchange, ...] = (
+    CLI_RESPONSES_PROMPT,
+    CLI_RESPONSES_TOOL_ROUND,
+    CLI_RESPONSES_RATE_LIMITED,
+    CLI_RESPONSES_RETRY,
+    CLI_CHAT_PROMPT,
+    CLI_CHAT_TOOL_ROUND,
+    CLI_MESSAGES_PROMPT,
+    CLI_MESSAGES_TOOL_ROUND,
+    CLI_MESSAGES_RATE_LIMITED,
+    CLI_MESSAGES_RETRY,
+)
+CLI_WEBSOCKET: tuple[Exchange, ...] = (CLI_WS_PROMPT, CLI_WS_TOOL_ROUND, CLI_WS_SECOND_PROMPT)
+CLI_BY_NAME: dict[str, Exchange] = {e.name: e for e in (*CLI, *CLI_WEBSOCKET)}
 
 # ---------------------------------------------------------------------------------------------------
 # §6.10 CONNECT with proxy credentials (LS sends them preemptively), and the 407 challenge case

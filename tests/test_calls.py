@@ -183,3 +183,46 @@ def test_recording_input_only_when_recording_is_on() -> None:
         done = tracker.finish("f", ResponseMeta(200, None, ex.response_body))
         assert done is not None
         assert (done.recording is not None) is record
+
+
+def test_the_copilot_cli_samples_through_the_tracker() -> None:
+    """The CLI's four transports: one turn per prompt (the 429'd one included), tool rounds as agent steps."""
+    clock = FakeClock()
+    tracker, failures = _tracker(clock)
+    for i, ex in enumerate(samples.CLI):
+        event = run(tracker, clock, ex, f"cli{i}")
+        want = ex.expected
+        got = {k: getattr(event, k) for k in ("kind", "editor", "counted", "skip_reason", "interaction_id", "model")}
+        assert got == {k: want[k] for k in got}, ex.name
+    assert failures == [] and len(tracker) == 0
+
+
+def _server_frames(body: bytes) -> list[bytes]:
+    from exporter.sse import SSEDecoder
+
+    decoder = SSEDecoder()
+    return [ev.data.encode() for ev in [*decoder.feed(body), *decoder.close()] if ev.data]
+
+
+def test_one_websocket_carrying_two_prompts_takes_each_calls_ids_from_its_frame() -> None:
+    clock = FakeClock()
+    tracker, failures = _tracker(clock)
+    first = samples.CLI_WEBSOCKET[0]
+    role = tracker.hosts.role(first.host)
+    assert role is not None
+    tracker.start("ws", _meta(first, role))
+    assert tracker.finish("ws", ResponseMeta(101, websocket=True)) is None  # the upgrade is not a call
+    events: list[UsageEvent] = []
+    for ex in samples.CLI_WEBSOCKET:
+        assert tracker.ws_frame("ws", WsFrame(True, True, ex.request_body)) == []
+        clock.advance(0.5)
+        for frame in _server_frames(ex.response_body):
+            events += [done.event for done in tracker.ws_frame("ws", WsFrame(False, True, frame))]
+    assert [e.interaction_id for e in events] == [ex.expected["interaction_id"] for ex in samples.CLI_WEBSOCKET]
+    assert [(e.counted, e.skip_reason) for e in events] == [
+        (ex.expected["counted"], ex.expected["skip_reason"]) for ex in samples.CLI_WEBSOCKET
+    ]
+    assert {e.kind for e in events} == {"chat_ws"} and {e.editor for e in events} == {"cli"}
+    assert len({e.request_id for e in events}) == 3  # one request id per call on the socket
+    assert all(e.ttft_s is not None and e.ttft_s == pytest.approx(0.5) for e in events)
+    assert tracker.ws_close("ws") == [] and failures == []

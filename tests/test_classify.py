@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from exporter.classify import HostRole, HostTable, Kind, chat_mode, refine_proxy_chat, route
+from exporter.classify import HostRole, HostTable, Kind, chat_mode, intent_family, refine_proxy_chat, route
+from tests import samples
 
 HOSTS = [
     ("api.githubcopilot.com", HostRole.API),
@@ -103,10 +104,42 @@ def test_proxy_chat_is_decided_by_model(model: str | None, kind: Kind) -> None:
         (None, "conversation-agent", Kind.CHAT_AGENT),
         ("conversation-other", "conversation-subagent", Kind.CHAT),
         (None, None, Kind.CHAT),
+        # The Copilot CLI: its first call says conversation-user, its rounds conversation-agent; /v1/messages
+        # carries no OpenAI-Intent, only X-Interaction-Type. All of it is agent mode.
+        ("conversation-agent", "conversation-user", Kind.CHAT_AGENT),
+        (None, "conversation-user", Kind.CHAT_AGENT),
+        (None, "Conversation-User", Kind.CHAT_AGENT),
+        ("messages-proxy", "conversation-agent", Kind.CHAT_AGENT),
     ],
 )
 def test_chat_mode(intent: str | None, interaction_type: str | None, kind: Kind) -> None:
     assert chat_mode(intent, interaction_type) is kind
+
+
+@pytest.mark.parametrize(
+    ("intent", "family"),
+    [
+        ("conversation-agent", "chat_agent"),
+        ("conversation-user", "chat_agent"),
+        (" Conversation-Agent ", "chat_agent"),
+        ("conversation-panel", "chat_panel"),
+        ("conversation-other", "conversation-other"),
+        ("conversation-subagent", "conversation-subagent"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_intent_family(intent: str | None, family: str) -> None:
+    assert intent_family(intent) == family
+
+
+@pytest.mark.parametrize("ex", samples.CLI, ids=lambda e: e.name)
+def test_cli_calls_are_agent_mode_on_every_http_transport(ex: samples.Exchange) -> None:
+    """One kind per turn: the user call, its retries and its tool rounds, on /responses, /chat/completions and
+    /v1/messages (a WebSocket call is chat_ws, the kind of every call inside a Responses socket)."""
+    h = {k.lower(): v for k, v in ex.request_headers}
+    assert route(HostRole.API, ex.method, ex.path).kind is Kind.CHAT
+    assert chat_mode(h.get("openai-intent"), h.get("x-interaction-type")).value == ex.expected["kind"] == "chat_agent"
 
 
 def test_hosts_learned_from_token_endpoints() -> None:

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.bodies import parse_request
-from exporter.classify import HostTable, route
+from exporter.classify import HostTable, Kind, route
+from exporter.counting import Call, Counter
 from exporter.identity import identify, user_from_proxy_authorization
 from exporter.sse import BodyDecoder, DecodeError, SSEDecoder
 from exporter.streams import AnswerParser, Shape
@@ -254,3 +255,52 @@ def test_non_utf8_and_huge_headers(harness: Harness) -> None:
     ev = harness.last()
     assert ev.counted and ev.interaction_id is not None and len(ev.interaction_id) <= 128
     assert len(zlib.compress(ev.summary_key.encode())) < 200
+
+
+_frames = st.builds(
+    lambda headers, extra: json.dumps({"type": "response.create", "headers": headers, **extra}).encode(),
+    json_values | st.dictionaries(st.sampled_from(["X-Interaction-Id", "x-agent-task-id", "X-Initiator"]), json_values),
+    st.dictionaries(st.sampled_from(["initiator", "agent_task_id", "input"]), json_values, max_size=3),
+)
+
+
+@FUZZ
+@given(_frames)
+def test_response_create_frame_facts_never_raise_and_stay_bounded(frame: bytes) -> None:
+    facts = parse_request(frame, Shape.RESPONSES)
+    assert facts.frame_type == "response.create" and facts.initiator in (None, "user", "agent")
+    for value in (facts.interaction_id, facts.task_id, facts.interaction_type):
+        assert value is None or (isinstance(value, str) and 0 < len(value) <= 128)
+
+
+_chat_calls = st.builds(
+    lambda kind, status, initiator, intent, task: Call(
+        kind=kind,
+        status=status,
+        request_id=None,
+        interaction_id="T",
+        initiator=initiator,
+        intent=intent,
+        speculative=False,
+        user_last=None,
+        task_id=task,
+    ),
+    st.sampled_from([Kind.CHAT_AGENT, Kind.CHAT_PANEL, Kind.CHAT]),
+    st.sampled_from([200, 200, 429, 500, None]),
+    st.sampled_from(["user", "agent", None]),
+    st.sampled_from(["conversation-agent", "conversation-user", "conversation-panel", "conversation-other", None]),
+    st.sampled_from(["K1", "K2", None]),
+)
+
+
+@FUZZ
+@given(st.lists(_chat_calls, max_size=12))
+def test_one_interaction_is_counted_at_most_once_and_only_after_a_user_call(calls: list[Call]) -> None:
+    counter = Counter()
+    decisions = [counter.decide(c, None, float(i)) for i, c in enumerate(calls)]
+    counted = [i for i, d in enumerate(decisions) if d.counted]
+    assert len(counted) <= 1
+    if counted:
+        first_user = next(i for i, c in enumerate(calls) if c.initiator == "user")
+        assert first_user <= counted[0]
+        assert calls[counted[0]].status == 200 and decisions[counted[0]].initiator == "user"

@@ -7,6 +7,7 @@ import base64
 import pytest
 
 from exporter.identity import identify, proxy_user, summary_key, user_from_proxy_authorization
+from tests import samples
 
 
 def _basic(user: str, password: str) -> str:
@@ -33,6 +34,26 @@ IDENTITIES = [
     ({"User-Agent": "copilot/0.0.356 (linux v22.12.0)"}, ("cli", "0.0.356", None, None, "cli-0.0.356")),
     ({"User-Agent": "GitHubCopilotChat/0.42.0"}, ("vscode", None, "copilot-chat", "0.42.0", "vscode")),
     ({"Copilot-Integration-Id": "copilot-developer-cli"}, ("cli", None, None, None, "cli")),
+    # The Copilot CLI 1.0.102: Editor-Version copilot/<v> with its User-Agent or its integration id.
+    (
+        {"Editor-Version": "copilot/1.0.102", "User-Agent": samples.CLI_USER_AGENT},
+        ("cli", "1.0.102", None, None, "copilot-1.0.102"),
+    ),
+    (
+        {"Editor-Version": "copilot/1.0.102", "Copilot-Integration-Id": "copilot-developer-cli"},
+        ("cli", "1.0.102", None, None, "copilot-1.0.102"),
+    ),
+    (
+        {"Editor-Version": "copilot/1.0.102", "User-Agent": "node-fetch/3 client/github/cli"},
+        ("cli", "1.0.102", None, None, "copilot-1.0.102"),
+    ),
+    # The name alone is not the CLI (the old VS Code completions plugin was called copilot too).
+    (
+        {"Editor-Version": "copilot/1.0.102", "User-Agent": "curl/8"},
+        ("copilot", "1.0.102", None, None, "copilot-1.0.102"),
+    ),
+    ({"User-Agent": "copilot-cli/1.0.102"}, ("cli", "1.0.102", None, None, "cli-1.0.102")),  # its MCP calls
+    ({"User-Agent": "GitHubCopilotCLI"}, ("cli", None, None, None, "cli")),  # its update check
     (
         {"Editor-Version": "weird/../../etc\x00/passwd"},
         ("weird", "../../etc/passwd", None, None, "weird-..-..-etc-passwd"),
@@ -82,3 +103,15 @@ def test_summary_key_is_bounded_and_safe() -> None:
     assert summary_key("vscode/1.96.2") == "vscode-1.96.2"
     assert len(summary_key("x" * 1000)) == 128
     assert summary_key("") == "unknown"
+
+
+@pytest.mark.parametrize("ex", [*samples.CLI, *samples.CLI_WEBSOCKET], ids=lambda e: e.name)
+def test_every_cli_model_call_is_the_cli(ex: samples.Exchange) -> None:
+    ident = identify(dict((k.lower(), v) for k, v in ex.request_headers))
+    assert ident is not None
+    assert (ident.editor, ident.editor_version, ident.header_editor_version) == (
+        "cli",
+        "1.0.102",
+        ex.expected["editor_version"],
+    )
+    assert ident.summary_key == "copilot-1.0.102"  # the original daily summary's key stays the raw Editor-Version

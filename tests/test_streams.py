@@ -13,7 +13,10 @@ from tests import samples
 
 def _parse(ex: samples.Exchange) -> AnswerParser:
     p = AnswerParser(shape_for_path(ex.path), keep_events=3)
-    if ex.is_event_stream:
+    if ex.status == 101:  # a WebSocket call: one Responses event object per server frame, no SSE framing
+        for ev in SSEDecoder().feed(ex.response_body):
+            p.feed_event(SSEEvent(None, ev.data))
+    elif ex.is_event_stream:
         d = SSEDecoder()
         for ev in d.feed(ex.response_body) + d.close():
             p.feed_event(ev)
@@ -23,6 +26,8 @@ def _parse(ex: samples.Exchange) -> AnswerParser:
 
 
 MODEL_SAMPLES = [e for e in samples.ALL if e.expected["model"]]
+# The Copilot CLI's answered calls on its four transports (its 429s carry no answer).
+MODEL_SAMPLES += [e for e in (*samples.CLI, *samples.CLI_WEBSOCKET) if e.status in (200, 101)]
 
 
 @pytest.mark.parametrize("ex", MODEL_SAMPLES, ids=lambda e: e.name)
@@ -102,3 +107,20 @@ def test_kept_events_are_bounded() -> None:
 )
 def test_shape_for_path(path: str, shape: Shape) -> None:
     assert shape_for_path(path) is shape
+
+
+@pytest.mark.parametrize("name", ["cli_responses_rate_limited", "cli_messages_rate_limited"])
+def test_cli_rate_limit_answer_is_an_error_without_usage(name: str) -> None:
+    ex = samples.CLI_BY_NAME[name]
+    p = AnswerParser(shape_for_path(ex.path))
+    p.feed_json(json.loads(ex.response_body))
+    assert p.answer.error == "rate_limited"
+    assert p.answer.input_tokens is None and p.answer.output_tokens is None and not p.answer.has_text
+
+
+def test_websocket_error_event_keeps_its_nested_code() -> None:
+    p = AnswerParser(Shape.RESPONSES)
+    p.feed_event(
+        SSEEvent(None, '{"type":"error","status":429,"error":{"type":"rate_limit_error","code":"rate_limited"}}')
+    )
+    assert p.answer.error == "rate_limited" and not p.answer.complete

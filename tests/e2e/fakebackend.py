@@ -5,7 +5,9 @@ mitmdump runs with `--mode upstream:http://127.0.0.1:<port>` and
 does TLS with SNI = the real Copilot host; this server answers with a certificate for that host signed
 by its own test CA, and serves HTTP/1.1 (keep-alive, Content-Length or chunked request bodies).
 
-Responses, in order of preference: a script registered by the test for the request's `x-request-id`;
+Responses, in order of preference: a one-time answer registered with `answer_once` for requests carrying
+given header values (clients without an `x-request-id`, such as the Copilot CLI: "a 429 for this prompt's
+first call, once"); a script registered by the test for the request's `x-request-id`;
 the sample of `tests/samples.py` with that request id; the sample with the same host, path and body;
 the first sample with the same method, host and path; else a 404 JSON body. Event streams are sent
 chunked, one event per chunk, `event_delay` seconds apart; a `Gate` holds a stream after N chunks
@@ -13,9 +15,10 @@ until the test releases it; a script's `reset_after=N` resets the connection (TC
 
 A `GET` with `Upgrade: websocket` (the Responses API over WebSocket, `GET /responses`) is accepted
 (101, no extensions) and served with wsproto: each client text frame `{"type":"response.create",…}`
-is answered with the Responses API event objects of `samples.VSCODE_RESPONSES`, one JSON per text frame
-(or the frames scripted with `script_websocket`); binary frames are echoed; every frame both ways is
-recorded (`websockets_for`).
+is answered with the frames scripted with `script_websocket`, else with those of the WebSocket sample
+(`status` 101, e.g. `samples.CLI_WEBSOCKET`) whose `request_body` is the same JSON as the frame, else with
+the Responses API event objects of `samples.VSCODE_RESPONSES`, one JSON per text frame; binary frames
+are echoed; every frame both ways is recorded (`websockets_for`).
 
 Use in-process (`FakeCopilotBackend(...).start()`, a background thread with its own event loop) or as
 a process: `python -m tests.e2e.fakebackend --port N --ca-out PATH [--event-delay-ms 50]`, which
@@ -347,6 +350,7 @@ class FakeCopilotBackend:
         self._sni: dict[int, str] = {}
         self._ws_scripts: dict[str, tuple[str, ...]] = {}
         self._websockets: list[WebSocketSession] = []
+        self._once: list[tuple[tuple[tuple[str, str], ...], Script]] = []
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -469,6 +473,21 @@ class FakeCopilotBackend:
             rid, exchange.status, exchange.response_headers, exchange.response_chunks(), gate, reset_after=reset_after
         )
 
+    def answer_once(
+        self,
+        match: dict[str, str],
+        status: int,
+        headers: Sequence[tuple[str, str]] | dict[str, str],
+        body: bytes,
+    ) -> Script:
+        """Answer the next request whose headers have all of `match` (names in any case, exact values) with
+        this status, headers and body, once; later such requests are answered as usual."""
+        hdrs = tuple(headers.items()) if isinstance(headers, dict) else tuple(headers)
+        s = Script(status, hdrs, (body,))
+        with self._lock:
+            self._once.append((tuple((k.lower(), v) for k, v in match.items()), s))
+        return s
+
     def script_websocket(self, request_id: str, frames: Sequence[str]) -> None:
         """Answer each `response.create` frame of the WebSocket opened with this `x-request-id` with `frames`."""
         with self._lock:
@@ -558,6 +577,7 @@ class FakeCopilotBackend:
             self._sent.clear()
             self._ws_scripts.clear()
             self._websockets.clear()
+            self._once.clear()
 
     # -- connection handling --------------------------------------------------------------------
 
@@ -645,7 +665,7 @@ class FakeCopilotBackend:
                     self._changed.notify_all()
                 await self._serve_websocket(reader, writer, request_id, host, path, headers)
                 return
-            script, source = self._choose(method, host, path, body, request_id)
+            script, source = self._take_once(headers) or self._choose(method, host, path, body, request_id)
             with self._changed:
                 self._requests.append(
                     RecordedRequest(host, method, path, version, headers, body, connect_authority, sni, source)
@@ -656,6 +676,26 @@ class FakeCopilotBackend:
             if not keep_alive:
                 return
             head = None
+
+    def _take_once(self, headers: tuple[tuple[str, str], ...]) -> tuple[Script, str] | None:
+        have = {(k.lower(), v) for k, v in headers}
+        with self._lock:
+            for i, (match, script) in enumerate(self._once):
+                if all(pair in have for pair in match):
+                    del self._once[i]
+                    return script, "once"
+        return None
+
+    def _ws_sample_frames(self, payload: bytes) -> tuple[str, ...] | None:
+        """The server frames of the WebSocket sample whose client frame is the same JSON as `payload`."""
+        try:
+            frame = json.loads(payload)
+        except ValueError:
+            return None
+        for e in self._exchanges:
+            if e.status == 101 and e.request_body and json.loads(e.request_body) == frame:
+                return responses_ws_frames(e)
+        return None
 
     def _choose(self, method: str, host: str, path: str, body: bytes, request_id: str | None) -> tuple[Script, str]:
         with self._lock:
@@ -775,7 +815,7 @@ class FakeCopilotBackend:
         session = WebSocketSession(request_id, host, path, headers)
         with self._changed:
             self._websockets.append(session)
-            answer = self._ws_scripts.get(request_id or "") or responses_ws_frames()
+            scripted = self._ws_scripts.get(request_id or "")
             self._changed.notify_all()
         writer.write(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -821,6 +861,7 @@ class FakeCopilotBackend:
                         except (ValueError, AttributeError):
                             frame_type = None
                         if frame_type == "response.create":
+                            answer = scripted or self._ws_sample_frames(payload) or responses_ws_frames()
                             for frame in answer:
                                 await send(True, frame.encode())
                     elif isinstance(event, ws_events.Ping):
