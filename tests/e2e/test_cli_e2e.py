@@ -24,10 +24,12 @@ from tests.e2e.fakebackend import FakeCopilotBackend, responses_ws_frames
 from tests.e2e.harness import open_websocket, proxy_client, send
 from tests.e2e.test_e2e import (
     Samples,
+    check_extended_against_metrics,
     check_summary_schema,
     metric,
     metric_total,
     parse_metrics,
+    read_extended,
     read_log,
     read_summaries,
     scrape,
@@ -72,6 +74,7 @@ class CliRun:
     metrics: Samples
     log: list[dict[str, Any]]
     summaries: list[dict[str, Any]]
+    extended: list[dict[str, Any]]
 
 
 def _run_http(backend: FakeCopilotBackend, port: int, ca: Path) -> dict[str, tuple[int, bytes]]:
@@ -133,6 +136,7 @@ def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliRun]:
         metrics=metrics,
         log=read_log(data_dir),
         summaries=read_summaries(data_dir),
+        extended=read_extended(data_dir),
     )
 
 
@@ -243,3 +247,16 @@ def test_daily_summary_and_the_other_outputs_agree(cli_run: CliRun) -> None:
         from_metrics[user] += n
     assert per_user == from_log == from_metrics
     assert sum(d["total_chat_turns"] for d in docs) == 7
+
+
+def test_the_extended_summary_agrees_with_metrics_one_kind_per_turn(cli_run: CliRun) -> None:
+    check_extended_against_metrics(cli_run.extended, cli_run.metrics)
+    turns: Counter[str] = Counter()
+    for doc in cli_run.extended:
+        for user, entry in doc["users"].items():
+            turns[user] += entry["totals"]["interactions"]
+            assert set(entry["interactions"]) <= {"chat_agent", "chat_ws"}, user  # agent mode on every transport
+            assert all(set(by_editor) == {"cli"} for by_editor in entry["interactions"].values()), user
+    assert turns == Counter({"dana": 3, "erin": 2, "fern": 2})
+    errors = Counter({u: e["totals"]["errors"] for d in cli_run.extended for u, e in d["users"].items()})
+    assert sum(errors.values()) == 2  # the two 429'd prompts (each still counted once above)
