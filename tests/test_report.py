@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from exporter import report
+from exporter import reconcile, report
+from exporter.reconcile_compare import FIELDS
 from exporter.report_data import editor_name, load_day
 from exporter.report_html import json_for_script, render
 from exporter.report_model import build_report
@@ -554,3 +556,25 @@ def test_build_report_counts_multi_team_users_in_each_team() -> None:
     teams = {t.team: t for t in rep.teams}
     assert teams["platform"].totals.chat_turns == 5 + 2 and teams["web"].totals.chat_turns == 2 + 4
     assert sum(t.totals.chat_turns for t in rep.teams) > rep.totals.chat_turns
+
+
+# --------------------------------------------------------------------------------------------------
+# docs/report.md against the code
+# --------------------------------------------------------------------------------------------------
+
+
+def test_docs_name_every_option_status_and_field() -> None:
+    text = (ROOT / "docs" / "report.md").read_text(encoding="utf-8")
+    for parser in (report._parser(), reconcile._parser()):
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag not in ("-h", "--help"):
+                    assert f"`{flag}" in text, f"docs/report.md does not document {flag}"
+    for status in reconcile.STATUSES:
+        assert f"`{status}`" in text
+    for field in FIELDS:
+        assert f"| `{field}` |" in text, f"docs/report.md has no row for the field {field}"
+    for link in re.findall(r"\]\(([^)\s]+)\)", text):
+        if not re.match(r"[a-z]+:", link):
+            assert (ROOT / "docs" / link.partition("#")[0]).exists(), link
+    assert "(reference.md#daily-summary)" in text and "## Daily summary" in (ROOT / "docs" / "reference.md").read_text()
