@@ -6,8 +6,10 @@ import argparse
 import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from exporter.report_data import Day, SummaryError, day_range, load_day, scan_days
 from exporter.report_html import render
@@ -108,9 +110,68 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--to", dest="last", type=parse_day, help="last day (default: newest; today with --days)")
     parser.add_argument("--days", type=int, help="the N days ending with --to")
     parser.add_argument(
+        "--serve",
+        type=int,
+        metavar="PORT",
+        help="instead of writing a file, serve the page on http://127.0.0.1:PORT/, made afresh for every request "
+        "(default range: today); 0 picks a free port",
+    )
+    parser.add_argument(
         "-o", "--output", type=Path, default=Path("report.html"), help="HTML file (default: report.html), - for stdout"
     )
     return parser
+
+
+class _LiveHandler(BaseHTTPRequestHandler):
+    """GET / renders the report from the files as they are now; nothing else is served."""
+
+    def __init__(self, args: argparse.Namespace, *rest: Any) -> None:
+        self.args = args
+        super().__init__(*rest)
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] not in ("/", "/report.html"):
+            self._send(404, "text/plain", "not found: the report is at /\n")
+            return
+        a = self.args
+        try:
+            report = make_report(a.data_dir, a.first, a.last, a.days)
+        except ReportError as e:
+            self._send(503, "text/plain", f"{e}\n")
+            return
+        self._send(200, "text/html", render(report, datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")))
+
+    def _send(self, code: int, kind: str, text: str) -> None:
+        body = text.encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Type", f"{kind}; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        print(f"report: {self.address_string()} {format % args}", file=sys.stderr)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serves the live page on 127.0.0.1 only (the figures are not for the network) until interrupted."""
+    if args.first is None and args.last is None and args.days is None:
+        args.days = 1  # today's report, following the UTC day
+    try:
+        server = ThreadingHTTPServer(("127.0.0.1", args.serve), partial(_LiveHandler, args))
+    except OSError as e:
+        print(f"report: cannot listen on 127.0.0.1:{args.serve}: {e}", file=sys.stderr)
+        return 1
+    print(f"report: serving http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +179,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.days is not None and args.days < 1:
         print("report: --days must be at least 1", file=sys.stderr)
         return 2
+    if args.serve is not None:
+        try:
+            metrics_dir(args.data_dir)
+        except ReportError as e:
+            print(f"report: {e}", file=sys.stderr)
+            return 1
+        return serve(args)
     try:
         report = make_report(args.data_dir, args.first, args.last, args.days)
     except ReportError as e:

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import select
 import shutil
 import subprocess
 import sys
@@ -348,7 +349,9 @@ def assert_clean(page: Page) -> None:
 
 
 def test_report_in_chromium_matches_the_summaries(browser: str, tmp_path: Path) -> None:
-    out = write_report(DATA, tmp_path / "report.html")
+    # A fixed "generated" time: the screenshot in docs/ changes only when the page does.
+    out = tmp_path / "report.html"
+    out.write_text(render(report.make_report(DATA), "2026-11-27 07:00 UTC"), encoding="utf-8")
     with open_page(browser, out, screenshot=SCREENSHOT) as page:
         assert_clean(page)
         rows = {r["user"]["value"]: r for r in page.evaluate(TABLE_JS % "users-table")}
@@ -356,17 +359,11 @@ def test_report_in_chromium_matches_the_summaries(browser: str, tmp_path: Path) 
         assert set(rows) == set(want)
         for user, exp in want.items():
             row = rows[user]
-            for field in (
-                "chat_turns",
-                "completions",
-                "interactions",
-                "model_calls",
-                "input_tokens",
-                "output_tokens",
-                "errors",
-            ):
+            for field in ("chat_turns", "completions", "interactions", "model_calls", "input_tokens"):
                 assert row[field]["value"] == str(exp.get(field, "")), (user, field)
                 assert row[field]["text"].replace(",", "") == str(exp.get(field, "—")), (user, field)
+            for field in ("output_tokens", "errors"):
+                assert row[field]["value"] == str(exp.get(field, "")), (user, field)
             assert row["days_active"]["value"] == str(len(exp["days"]))
             assert row["credits"]["value"] == str(exp.get("credits", ""))
             if "shown" in exp:
@@ -375,7 +372,6 @@ def test_report_in_chromium_matches_the_summaries(browser: str, tmp_path: Path) 
             else:  # null or absent acceptance is "no telemetry", never 0 %
                 assert row["acceptance"]["text"] == "—" and row["acceptance"]["value"] == ""
         assert rows["alice"]["credits"]["text"] == "2.50" and rows["bob"]["teams"]["text"] == "platform, web"
-
         cards = page.evaluate(
             "Object.fromEntries(Array.from(document.querySelectorAll('.card')).map("
             "c => [c.dataset.card, c.querySelector('.value').textContent]))"
@@ -385,31 +381,37 @@ def test_report_in_chromium_matches_the_summaries(browser: str, tmp_path: Path) 
         assert cards["completions"] == f"{sum(d['total_completions_count'] for d in orig):,}"
         assert cards["model_calls"] == f"{sum(d['totals']['model_calls'] for d in ext):,}"
         assert cards["users"] == "4" and cards["acceptance"] == "30.8 %" and cards["credits"] == "4.10"
+    assert SCREENSHOT.stat().st_size > 20_000
 
+
+def test_charts_days_and_teams_in_chromium(browser: str, tmp_path: Path) -> None:
+    with open_page(browser, write_report(DATA, tmp_path / "report.html")) as page:
+        assert_clean(page)
         days = {r["day"]["value"]: r for r in page.evaluate(TABLE_JS % "days-table")}
         assert days["2026-11-25"]["sources"]["text"] == "no data"
+        assert days["2026-11-25"]["chat_turns"]["text"] == "—"  # a day without files is not a day of zeros
         assert days["2026-11-23"]["sources"]["text"] == "original"
         assert days["2026-11-24"]["interactions"]["value"] == "43"
         teams = {r["team"]["value"]: r for r in page.evaluate(TABLE_JS % "teams-table")}
         assert teams["platform"]["members"]["value"] == "2" and teams["web"]["members"]["value"] == "2"
-
         charts = {c["id"]: c for c in page.evaluate(CHARTS_JS)}
         assert set(charts) == {
-            "chart-trend",
-            "chart-teams",
-            "chart-editors",
-            "chart-languages",
-            "chart-kinds",
-            "chart-models",
-            "chart-credits",
-            "chart-credits-models",
-            "chart-acceptance",
-        }
+            "chart-trend", "chart-teams", "chart-editors", "chart-languages", "chart-kinds", "chart-models",
+            "chart-credits", "chart-credits-models", "chart-acceptance",
+        }  # fmt: skip
         for c in charts.values():
             assert c["chart"] and c["width"] > 100 and c["height"] > 100, c
             assert c["inked"] > 500, c  # something was drawn
         assert charts["chart-trend"]["points"] == 4  # one per day of the range, the empty day included
-    assert SCREENSHOT.stat().st_size > 20_000
+        trend = page.evaluate("Chart.getChart(document.getElementById('chart-trend')).data.datasets[0].data")
+        assert trend == [4, 11, None, 2]
+
+
+def test_sections_without_data_are_left_out(tmp_path: Path) -> None:
+    html = render(report.make_report(DATA, first="2026-11-23", last="2026-11-23"), "now")
+    for section in ('id="teams"', 'id="credits"', 'id="acceptance"', 'id="chart-teams"', 'id="chart-credits"'):
+        assert section not in html
+    assert 'data-card="acceptance"><span class="label">Acceptance</span><span class="value">—' in html
 
 
 def test_tables_sort_by_clicked_column(browser: str, tmp_path: Path) -> None:
@@ -578,3 +580,66 @@ def test_docs_name_every_option_status_and_field() -> None:
         if not re.match(r"[a-z]+:", link):
             assert (ROOT / "docs" / link.partition("#")[0]).exists(), link
     assert "(reference.md#daily-summary)" in text and "## Daily summary" in (ROOT / "docs" / "reference.md").read_text()
+
+
+# --------------------------------------------------------------------------------------------------
+# --serve
+# --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def serving(*args: str) -> Iterator[str]:
+    """`python -m exporter.report --serve 0 …` running; yields its base URL."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "exporter.report", "--serve", "0", *args]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 30
+        while True:
+            ready, _, _ = select.select([proc.stderr], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                pytest.fail("report --serve did not say where it listens")
+            line = proc.stderr.readline()
+            if line.startswith("report: serving http://127.0.0.1:"):
+                break
+            assert line, f"report --serve exited: {proc.wait()}"
+        yield line.split()[2].rstrip("/")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_serve_renders_the_files_as_they_are_now(tmp_path: Path) -> None:
+    shutil.copytree(METRICS, tmp_path / "metrics")
+    with serving("--data-dir", str(tmp_path), "--to", "2026-11-26", "--days", "4") as base:
+        page = httpx.get(base + "/", timeout=30)
+        assert page.status_code == 200 and page.headers["content-type"] == "text/html; charset=utf-8"
+        assert page.headers["cache-control"] == "no-store"
+        assert '<span class="label">Chat turns</span><span class="value">17</span>' in page.text
+        doc = json.loads((tmp_path / "metrics" / "copilot-usage_2026-11-26.json").read_text())
+        doc["total_chat_turns"] = doc["usage"]["alice"]["chat_turns"] = 12
+        doc["usage"]["alice"]["chat"] = {"vscode-1.106.0": 12}
+        (tmp_path / "metrics" / "copilot-usage_2026-11-26.json").write_text(json.dumps(doc))
+        again = httpx.get(base + "/", timeout=30).text
+        assert '<span class="label">Chat turns</span><span class="value">27</span>' in again
+        assert httpx.get(base + "/etc/passwd", timeout=30).status_code == 404
+
+
+def test_serve_without_data_in_range_answers_503(tmp_path: Path) -> None:
+    with serving("--data-dir", str(DATA)) as base:  # default range: today, which the fixture has no file for
+        answer = httpx.get(base + "/", timeout=30)
+        assert answer.status_code == 503 and answer.text.startswith("no summary in ")
+
+
+def test_serve_needs_a_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.main(["--data-dir", str(tmp_path / "nope"), "--serve", "0"]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_days_must_be_positive_and_stdout_output(capsys: pytest.CaptureFixture[str]) -> None:
+    assert report.main(["--data-dir", str(DATA), "--days", "0"]) == 2
+    assert capsys.readouterr().err == "report: --days must be at least 1\n"
+    assert report.main(["--data-dir", str(DATA), "--from", "2026-11-24", "--to", "2026-11-24", "-o", "-"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("<!DOCTYPE html>") and "<title>Copilot usage 2026-11-24</title>" in out
