@@ -405,6 +405,11 @@ def test_charts_days_and_teams_in_chromium(browser: str, tmp_path: Path) -> None
         assert charts["chart-trend"]["points"] == 4  # one per day of the range, the empty day included
         trend = page.evaluate("Chart.getChart(document.getElementById('chart-trend')).data.datasets[0].data")
         assert trend == [4, 11, None, 2]
+        # At 1280 px the tables fit (the screenshot shows them whole, nothing scrolls sideways).
+        widths = page.evaluate(
+            "Array.from(document.querySelectorAll('.scroll')).map(d => d.scrollWidth - d.clientWidth)"
+        )
+        assert widths == [0, 0, 0]
 
 
 def test_sections_without_data_are_left_out(tmp_path: Path) -> None:

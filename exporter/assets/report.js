@@ -9,6 +9,7 @@
   Chart.defaults.animation = false;
   Chart.defaults.maintainAspectRatio = false;
   Chart.defaults.font.family = "system-ui, sans-serif";
+  Chart.defaults.elements.point.radius = 4;
 
   function draw(id, config) {
     var canvas = document.getElementById(id);
