@@ -37,7 +37,11 @@ def metrics_dir(data_dir: Path) -> Path:
     if not data_dir.is_dir():
         raise ReportError(f"data dir {data_dir} does not exist (or is not a directory)")
     metrics = data_dir / "metrics"
-    if not metrics.is_dir() or not scan_days(metrics):
+    try:
+        found = metrics.is_dir() and bool(scan_days(metrics))
+    except OSError as e:
+        raise ReportError(f"cannot list {metrics}: {e.strerror or e}") from e
+    if not found:
         raise ReportError(f"no daily summaries in {metrics} (is {data_dir} the proxy's copilot_data_dir?)")
     return metrics
 
@@ -93,7 +97,11 @@ def make_report(
 ) -> Report:
     err = err or sys.stderr
     metrics = metrics_dir(data_dir)
-    rng = resolve_range(scan_days(metrics), first, last, days, today or datetime.now(UTC).date().isoformat())
+    try:
+        found = scan_days(metrics)
+    except OSError as e:  # removed or made unreadable since the check
+        raise ReportError(f"cannot list {metrics}: {e.strerror or e}") from e
+    rng = resolve_range(found, first, last, days, today or datetime.now(UTC).date().isoformat())
     range_days, loaded, skipped = load_range(metrics, rng, err)
     return build_report(range_days, loaded, skipped)
 

@@ -648,3 +648,15 @@ def test_days_must_be_positive_and_stdout_output(capsys: pytest.CaptureFixture[s
     assert report.main(["--data-dir", str(DATA), "--from", "2026-11-24", "--to", "2026-11-24", "-o", "-"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("<!DOCTYPE html>") and "<title>Copilot usage 2026-11-24</title>" in out
+
+
+def test_an_unlistable_metrics_dir_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def denied(metrics: Path) -> list[str]:
+        raise PermissionError(13, "Permission denied", str(metrics))
+
+    (tmp_path / "metrics").mkdir()
+    monkeypatch.setattr(report, "scan_days", denied)  # root ignores chmod, so the refusal is simulated
+    assert report.main(["--data-dir", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 1
+    assert capsys.readouterr().err == f"report: cannot list {tmp_path / 'metrics'}: Permission denied\n"
