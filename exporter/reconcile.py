@@ -101,12 +101,25 @@ def reconcile(
     return rows, problems
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _text(value: object) -> str:
+    """A table cell; control characters in names (terminal escape sequences) are shown, not sent."""
     if value is None:
         return "—"
     if isinstance(value, float):
         return f"{value:.2f}"
-    return str(value)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(value))
+
+
+def _csv_cell(value: object) -> object:
+    """A CSV cell; a name a spreadsheet would run as a formula (=, +, -, @) gets a leading quote."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -124,7 +137,7 @@ def format_csv(rows: Sequence[Row]) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(COLUMNS)
     for r in rows:
-        writer.writerow(["" if getattr(r, c) is None else getattr(r, c) for c in COLUMNS])
+        writer.writerow([_csv_cell(getattr(r, c)) for c in COLUMNS])
     return out.getvalue()
 
 

@@ -272,3 +272,18 @@ def test_long_reports_show_progress(tmp_path: Path, capsys: pytest.CaptureFixtur
     progress = [line for line in err.splitlines() if line.startswith("reconcile: compared ")]
     assert progress[0] == "reconcile: compared 3/30 days (2026-10-03)" and len(progress) == 10
     assert len(out.splitlines()) == 1 + 30 * 5  # five zero figures a day for dave, none of them via the proxy
+
+
+def test_hostile_names_cannot_drive_a_terminal_or_a_spreadsheet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    github = tmp_path / "report.ndjson"
+    evil = ['=HYPERLINK("http://x","y")', "\x1b]0;owned\x07\x1b[31mred", "@SUM(A1)", "-1+1"]
+    github.write_text("".join(json.dumps({"day": "2026-11-24", "user_login": e}) + "\n" for e in evil))
+    code, out, _ = run(capsys, "--format", "csv", github=github)
+    assert code == 0
+    logins = [r["github_login"] for r in csv.DictReader(io.StringIO(out))]
+    assert logins and all(login[0] not in "=+-@" for login in logins)
+    assert '\'=hyperlink("http://x","y")' in logins and "'@sum(a1)" in logins and "'-1+1" in logins
+    code, out, _ = run(capsys, github=github)
+    assert code == 0 and "\x1b" not in out and "\x07" not in out and "\\x1b]0;owned\\x07\\x1b[31mred" in out
