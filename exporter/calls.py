@@ -92,6 +92,9 @@ class TrackerOptions:
 class Finished:
     event: UsageEvent
     recording: Recording | None = None
+    # A client new to the inventory, announced after the event (whose successful model call may have just
+    # given the user a label slot: see labels.UserSlots).
+    client_seen: ClientSeen | None = None
 
 
 @dataclass(slots=True)
@@ -109,6 +112,7 @@ class InFlightCall:
     intent: str | None
     speculative: bool
     task_id: str | None = None  # X-Agent-Task-Id: the agent loop a call belongs to
+    client_seen: ClientSeen | None = None  # announced with the call's event
     facts: RequestFacts = field(default_factory=RequestFacts)
     request_text: bytes | None = None  # the decoded body, kept only for recordings
     parser: AnswerParser | None = None
@@ -128,6 +132,7 @@ class _Socket:
     client: ClientIdentity
     calls: list[InFlightCall] = field(default_factory=list)
     seq: int = 0  # only grows: each call on the socket gets its own request id
+    client_seen: ClientSeen | None = None  # the upgrade's, announced with the socket's first call
 
 
 _ERROR_CLASSES = (
@@ -209,8 +214,8 @@ class CallTracker:
         )
         return client, seen
 
-    def start(self, flow_id: str, meta: RequestMeta) -> ClientSeen | None:
-        """A Copilot request head arrived; returns a ClientSeen signal for a client new to the inventory."""
+    def start(self, flow_id: str, meta: RequestMeta) -> None:
+        """A Copilot request head arrived."""
         h = meta.headers
         r = route(meta.role, meta.method, meta.path)
         interaction_id = _header(h, "x-interaction-id")
@@ -231,8 +236,8 @@ class CallTracker:
             intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
             speculative=(h.get("x-copilot-speculative") or "").strip().lower() == "true",
             task_id=_header(h, "x-agent-task-id"),
+            client_seen=seen,
         )
-        return seen
 
     def wants_body(self, flow_id: str) -> bool:
         call = self._calls.get(flow_id)
@@ -298,7 +303,7 @@ class CallTracker:
             return None
         if resp.websocket:
             # A WebSocket upgrade (/responses over ws): its frames are the calls, see ws_frame.
-            self._sockets[flow_id] = _Socket(flow_id, call.meta, call.client)
+            self._sockets[flow_id] = _Socket(flow_id, call.meta, call.client, client_seen=call.client_seen)
             return None
         if not call.streamed:
             self._read_buffered(call, resp)
@@ -346,7 +351,7 @@ class CallTracker:
         recording = None
         if self.options.record and wants_recording(event.kind, self.options.record_telemetry):
             recording = self._recording(call, resp)
-        return Finished(event, recording)
+        return Finished(event, recording, call.client_seen)
 
     def _recording(self, call: InFlightCall, resp: ResponseMeta) -> Recording:
         content: Any = call.facts.parsed
@@ -406,11 +411,13 @@ class CallTracker:
                 or _header(h, "x-interaction-type", 64),
                 speculative=False,
                 task_id=facts.task_id or _header(h, "x-agent-task-id"),
+                client_seen=sock.client_seen,
                 facts=facts,
                 parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
                 streamed=True,
             )
         )
+        sock.client_seen = None
 
     def ws_close(self, flow_id: str) -> list[Finished]:
         """The socket closed: every call still in flight on it ends (unanswered)."""

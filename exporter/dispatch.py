@@ -33,6 +33,14 @@ class LabelOverflow:
 
 
 @dataclass(frozen=True, slots=True)
+class LabelEvicted:
+    """A user gave their label slot to a more active user: sinks drop the series labelled with them."""
+
+    label: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
 class ClientSeen:
     """A client (user, editor and plugin versions) identified itself; the dispatcher bounds the labels."""
 
@@ -43,7 +51,7 @@ class ClientSeen:
     plugin_version: str
 
 
-Health = ExporterError | AuthFailure | LabelOverflow | ClientSeen
+Health = ExporterError | AuthFailure | LabelOverflow | LabelEvicted | ClientSeen
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +104,26 @@ class Dispatcher:
         return old
 
     def bounded(self, event: UsageEvent) -> list[Observation]:
-        bound = self.policy.bound
+        policy = self.policy
         folded: set[str] = set()
-        return [
-            Observation(o.metric, o.value, bound(o.metric.name, o.labels, o.metric.labels, folded), o.genai)
-            for o in observations(event)
-        ]
+        status = event.status or 0
+        active = event.model_call and (200 <= status < 300 or status == 101)
+        user = policy.user(event.user, active, event.timestamp.timestamp(), folded)
+        out = []
+        for o in observations(event):
+            names = o.metric.labels
+            labels = o.labels
+            if "user" in names:
+                i = names.index("user")
+                labels = (*labels[:i], user, *labels[i + 1 :])
+            out.append(Observation(o.metric, o.value, policy.bound(o.metric.name, labels, names, folded), o.genai))
+        return out
 
     def _bounded_client(self, seen: ClientSeen) -> ClientSeen:
-        raw = (seen.user, seen.editor, seen.editor_version, seen.plugin, seen.plugin_version)
-        return ClientSeen(*self.policy.bound(md.CLIENT_INFO.name, raw, md.CLIENT_INFO.labels, set()))
+        folded: set[str] = set()
+        user = self.policy.user(seen.user, False, 0.0, folded)
+        raw = (user, seen.editor, seen.editor_version, seen.plugin, seen.plugin_version)
+        return ClientSeen(*self.policy.bound(md.CLIENT_INFO.name, raw, md.CLIENT_INFO.labels, folded))
 
     def emit(self, event: UsageEvent, recording: Any = None) -> None:
         try:

@@ -174,9 +174,7 @@ class CopilotInsight:
             headers = header_map(flow.request.headers)
             record = self.tracker.options.record
             meta = request_meta(flow, role, headers, self.users.user_of(flow, headers), record)
-            seen = self.tracker.start(flow.id, meta)
-            if seen is not None:
-                self.outputs.health(seen)
+            self.tracker.start(flow.id, meta)
         except Exception as e:
             self.outputs.errors.failed("addon", e)
 
@@ -219,6 +217,8 @@ class CopilotInsight:
     def _emit(self, finished: Iterable[Finished]) -> None:
         for done in finished:
             self.outputs.emit(done.event, done.recording)
+            if done.client_seen is not None:
+                self.outputs.health(done.client_seen)
 
     # -- WebSocket: Responses API over ws -------------------------------------------------------
 

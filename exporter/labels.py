@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 
 OnOverflow = Callable[[str], None] | None
@@ -117,33 +118,112 @@ class LabelBounds:
 
 # Labels whose values come from the network; these fold into `other` once the series cap is reached.
 FOLDABLE = frozenset({"user", "editor", "language", "model", "editor_version", "plugin", "plugin_version"})
-# Labels capped by first come, first kept (editor and language are bounded when the event is built).
-_CAPPED = frozenset({"user", "model", "editor_version", "plugin", "plugin_version"})
+# Labels capped by first come, first kept (editor and language are bounded when the event is built; users
+# by their UserSlots, before the policy sees the labels).
+_CAPPED = frozenset({"model", "editor_version", "plugin", "plugin_version"})
+USER_IDLE_S = 24 * 3600.0  # an active user idle this long may give their slot to a new active user
+
+
+class UserSlots:
+    """The user label's slots. A user whose calls succeed (`active`) is kept and can displace, when the cap
+    is full, a user who never had a successful model call (the oldest such first), else the active user idle
+    longest if idle over `idle_s`. A new user without a successful call gets a slot only while one is free.
+    So a flood of made-up user names (proxyauth=any) can fill free slots, never keep real users out."""
+
+    def __init__(self, max_users: int = 500, idle_s: float = USER_IDLE_S) -> None:
+        self.max_users = max_users
+        self.idle_s = idle_s
+        self._active: OrderedDict[str, float] = OrderedDict()  # user -> last successful call, oldest first
+        self._provisional: OrderedDict[str, None] = OrderedDict()  # users without a successful call yet
+
+    def __len__(self) -> int:
+        return len(self._active) + len(self._provisional)
+
+    def label(self, user: str, active: bool, now: float) -> tuple[str, str | None]:
+        """The label value for `user`, and the user whose slot it took (their series are to be dropped)."""
+        if not user:
+            return UNKNOWN, None
+        if user in self._active:
+            if active:
+                self._active[user] = now
+                self._active.move_to_end(user)
+            return user, None
+        if user in self._provisional:
+            if active:
+                del self._provisional[user]
+                self._active[user] = now
+            return user, None
+        evicted = None
+        if len(self) >= self.max_users:
+            if not active:
+                return OTHER, None
+            evicted = self._evict(now)
+            if evicted is None:
+                return OTHER, None
+        if active:
+            self._active[user] = now
+        else:
+            self._provisional[user] = None
+        return user, evicted
+
+    def _evict(self, now: float) -> str | None:
+        if self._provisional:
+            return self._provisional.popitem(last=False)[0]
+        oldest = next(iter(self._active.items()), None)
+        if oldest is not None and now - oldest[1] >= self.idle_s:
+            del self._active[oldest[0]]
+            return oldest[0]
+        return None
 
 
 class LabelPolicy:
-    """The one place label values are bounded for every metric sink: per-label caps, then the series cap.
+    """The one place label values are bounded for every metric sink: user slots, per-label caps, then the
+    series cap.
 
-    `bound(metric, labels, names, folded)` returns the label values sinks record. Past `max_series` distinct
-    label sets, a new set has its network-derived values folded into `other`. Results are cached by raw
-    values (the mapping of a value never changes once made); each fold is counted once per event, through
-    `folded`, the set of labels already counted for the event at hand.
+    The dispatcher first decides the event's user label (`user`), then `bound(metric, labels, names,
+    folded)` returns the label values sinks record. Past `max_series` distinct label sets, a new set has its
+    network-derived values folded into `other`. Results are cached by their input values (the mapping of a
+    value never changes once made); each fold is counted once per event, through `folded`, the set of labels
+    already counted for the event at hand. A user displaced from their slot is reported through
+    `on_evict(user)`, so the sinks can drop that user's series.
     """
 
     def __init__(
-        self, max_users: int = 500, max_models: int = 100, max_series: int = 10_000, on_overflow: OnOverflow = None
+        self,
+        max_users: int = 500,
+        max_models: int = 100,
+        max_series: int = 10_000,
+        on_overflow: OnOverflow = None,
+        on_evict: Callable[[str], None] | None = None,
     ) -> None:
         self.bounds = LabelBounds(max_users=max_users, max_models=max_models, on_overflow=on_overflow)
+        self.users = UserSlots(max_users)
         self.max_series = max_series
         self._on_overflow = on_overflow
+        self._on_evict = on_evict
         self._series: set[tuple[str, ...]] = set()
         self._cache: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._plans: dict[str, tuple[tuple[str | None, bool], ...]] = {}
 
     def set_caps(self, max_users: int, max_models: int, max_series: int) -> None:
         self.bounds.set_caps(max_users=max_users, max_models=max_models)
+        self.users.max_users = max_users
         self.max_series = max_series
         self._cache.clear()
+
+    def user(self, user: str, active: bool, now: float, folded: set[str]) -> str:
+        """The user label of an event (`active`: a successful model call), counting a fold once per event."""
+        label, evicted = self.users.label(user, active, now)
+        if evicted is not None:
+            self._cache.clear()
+            self._series = {s for s in self._series if evicted not in s[1:]}
+            if self._on_evict is not None:
+                self._on_evict(evicted)
+        if label == OTHER and user != OTHER and "user" not in folded:
+            folded.add("user")
+            if self._on_overflow is not None:
+                self._on_overflow("user")
+        return label
 
     def _plan(self, metric: str, names: tuple[str, ...]) -> tuple[tuple[str | None, bool], ...]:
         plan = self._plans.get(metric)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__
-from exporter.dispatch import Dispatcher, ExporterError, Health, LabelOverflow, Sink
+from exporter.dispatch import Dispatcher, ExporterError, Health, LabelEvicted, LabelOverflow, Sink
 from exporter.events import UsageEvent
 from exporter.labels import LabelPolicy
 from exporter.metrics_server import MetricsServer, serve_metrics
@@ -44,7 +44,7 @@ class Outputs:
     """Owns the dispatcher and every sink; the addon hands it events, health signals and settings."""
 
     def __init__(self, mitmproxy_version: str, extra_sinks: Iterable[Sink] = ()) -> None:
-        self.policy = LabelPolicy(on_overflow=self._overflow)
+        self.policy = LabelPolicy(on_overflow=self._overflow, on_evict=self._evicted)
         self.errors = ErrorReporter(self._failed)
         self.writer = BackgroundWriter(self.errors)
         self.prometheus = PrometheusSink()
@@ -58,6 +58,9 @@ class Outputs:
 
     def _overflow(self, label: str) -> None:
         self.dispatcher.health(LabelOverflow(label))
+
+    def _evicted(self, user: str) -> None:
+        self.dispatcher.health(LabelEvicted("user", user))
 
     def emit(self, event: UsageEvent, recording: Any = None) -> None:
         self.dispatcher.emit(event, recording)

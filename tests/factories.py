@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from exporter.dispatch import Dispatcher, Emitted, Health, LabelOverflow
+from exporter.dispatch import Dispatcher, Emitted, Health, LabelEvicted, LabelOverflow
 from exporter.events import UsageEvent
 from exporter.labels import LabelPolicy
 from exporter.writer import ErrorReporter
@@ -77,7 +77,11 @@ class Driven:
         self.sink = sink
         self.failures: list[str] = []
         policy = LabelPolicy(
-            max_users, max_models, max_series, on_overflow=lambda label: self.health(LabelOverflow(label))
+            max_users,
+            max_models,
+            max_series,
+            on_overflow=lambda label: self.health(LabelOverflow(label)),
+            on_evict=lambda user: self.health(LabelEvicted("user", user)),
         )
         self.dispatcher = Dispatcher(ErrorReporter(self.failures.append), policy, [sink])
 

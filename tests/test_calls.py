@@ -112,10 +112,14 @@ def test_a_new_client_is_announced_once() -> None:
     ex = samples.BY_NAME["jetbrains_completion"]
     role = tracker.hosts.role(ex.host)
     assert role is not None
-    seen = tracker.start("a", _meta(ex, role))
-    assert seen == ClientSeen("alice", "jetbrains-iu", "243.22562.218", "copilot-intellij", "1.5.60-243")
-    assert tracker.start("b", _meta(ex, role)) is None  # the same client again
-    assert tracker.start("c", _meta(ex, role, user="bob")) is not None  # another user's
+    for flow_id, user in (("a", "alice"), ("b", "alice"), ("c", "bob")):
+        tracker.start(flow_id, _meta(ex, role, user=user))
+    seen = [tracker.finish(f, ResponseMeta(200, None, ex.response_body)) for f in "abc"]
+    assert [done.client_seen if done else None for done in seen] == [
+        ClientSeen("alice", "jetbrains-iu", "243.22562.218", "copilot-intellij", "1.5.60-243"),
+        None,  # the same client again
+        ClientSeen("bob", "jetbrains-iu", "243.22562.218", "copilot-intellij", "1.5.60-243"),  # another user's
+    ]
 
 
 def test_an_untracked_flow_gives_nothing() -> None:

@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from exporter import metricdefs as md
-from exporter.dispatch import AuthFailure, ClientSeen, Emitted, ExporterError, Health, LabelOverflow
+from exporter.dispatch import AuthFailure, ClientSeen, Emitted, ExporterError, Health, LabelEvicted, LabelOverflow
 
 
 def build_metrics(registry: CollectorRegistry) -> dict[str, Any]:
@@ -58,9 +58,18 @@ class PrometheusSink:
             self._m[md.LABEL_OVERFLOWS.name].labels(signal.label).inc()
         elif isinstance(signal, AuthFailure):
             self._m[md.PROXY_AUTH_FAILURES.name].inc()
+        elif isinstance(signal, LabelEvicted):
+            self._drop(signal.label, signal.value)
         elif isinstance(signal, ClientSeen):
             labels = (signal.user, signal.editor, signal.editor_version, signal.plugin, signal.plugin_version)
             self._child(md.CLIENT_INFO, labels).set(1)
+
+    def _drop(self, label: str, value: str) -> None:
+        """Removes every series whose `label` is `value` (a user who gave their slot to another)."""
+        positions = {m.name: m.labels.index(label) for m in md.METRICS if label in m.labels}
+        for key in [k for k in self._children if k[0] in positions and k[1 + positions[k[0]]] == value]:
+            del self._children[key]
+            self._m[key[0]].remove(*key[1:])
 
     def build_info(self, version: str, mitmproxy_version: str) -> None:
         self._m[md.BUILD_INFO.name].labels(version, mitmproxy_version).set(1)
