@@ -150,7 +150,7 @@ class BackgroundWriter:
         self._wake.set()
         return done.wait(timeout)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
         """Drain everything, run a last periodic round, and end the threads.
 
         A thread still busy after `timeout` (a write that never returns) is given up on, so that the proxy
