@@ -103,16 +103,16 @@ def _peak_while(fn: Callable[[], object]) -> int:
         tracemalloc.stop()
 
 
-def test_a_449_byte_brotli_body_inflating_to_256_mib_stops_at_the_cap_quickly() -> None:
+def test_a_405_byte_brotli_body_inflating_to_256_mib_stops_at_the_cap_quickly() -> None:
     bomb = _brotli_bomb(256 * MiB)
     assert len(bomb) < 1024
     limit = 8 * MiB
     start = time.process_time()
     peak = _peak_while(lambda: inflate_capped(bomb, "br", limit))
     cpu = time.process_time() - start
-    # Bound: the cap plus one step's output and the decoder's own buffers; the full inflate would be 256 MiB.
-    assert peak < 2 * limit + 4 * MiB, peak
-    assert cpu < 2.0, cpu  # 8 MiB of output, not 256 MiB (the full inflate is ~25x this)
+    # Bound: the cap plus one 256 KiB piece (measured: 8.4 MiB); inflating all of it holds 256 MiB.
+    assert peak < limit + 2 * MiB, peak
+    assert cpu < 2.0, cpu  # 8 MiB of output, not 256 MiB (measured: 0.03 s against 1.3-1.9 s for all of it)
     assert isinstance(BodyTooLarge("x"), ValueError) and isinstance(BodyTooLarge("x"), DecodeError)
 
 
@@ -128,7 +128,7 @@ def test_a_449_byte_brotli_body_inflating_to_256_mib_stops_at_the_cap_quickly() 
 def test_bombs_of_every_encoding_raise_with_bounded_memory(encoding: str, pack: Callable[[bytes], bytes]) -> None:
     bomb = pack(b"\0" * (64 * MiB))
     peak = _peak_while(lambda: inflate_capped(bomb, encoding, 4 * MiB))
-    assert peak < len(bomb) + 2 * 4 * MiB + 4 * MiB, peak
+    assert peak < len(bomb) + 4 * MiB + 2 * MiB, peak  # the input, the cap and a piece or two
 
 
 @pytest.mark.parametrize(
