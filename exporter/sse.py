@@ -163,6 +163,25 @@ def inflate_capped(raw: bytes, content_encoding: str | None, limit: int) -> byte
     return b"".join(parts)
 
 
+def inflate_prefix(raw: bytes, content_encoding: str | None, limit: int) -> tuple[bytes, bool]:
+    """The first `limit` decoded bytes of the body and whether there was more (for recordings: a bomb is cut
+    after `limit` bytes plus a piece, never inflated whole). DecodeError for a corrupt body."""
+    decoder = BodyDecoder(content_encoding, limit + 4 * INFLATE_STEP)  # room for the piece that crosses it
+    parts: list[bytes] = []
+    total = 0
+    view = memoryview(raw)
+    try:
+        for start in range(0, max(len(raw), 1), INFLATE_INPUT_CHUNK):
+            for piece in decoder.pieces(bytes(view[start : start + INFLATE_INPUT_CHUNK])):
+                parts.append(piece)
+                total += len(piece)
+                if total > limit:
+                    return b"".join(parts)[:limit], True
+    except BodyTooLarge:
+        return b"".join(parts)[:limit], True
+    return b"".join(parts), False
+
+
 class SSEDecoder:
     """Splits an event stream into events as bytes arrive.
 

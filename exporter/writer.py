@@ -150,11 +150,12 @@ class BackgroundWriter:
         self._wake.set()
         return done.wait(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Drain everything, run a last periodic round, and end the threads.
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Drain everything, run a last periodic round, and end the threads; False when it gave up.
 
         A thread still busy after `timeout` (a write that never returns) is given up on, so that the proxy
-        can exit: what it had not written is lost, and that is logged."""
+        can exit: what it had not written is lost, and that is logged. The caller must then not touch the
+        sinks' files either (closing a file a stuck write holds would block the caller too)."""
         deadline = time.monotonic() + timeout
         writer, periodic = self._thread, self._periodic_thread
         self._stop_threads.set()
@@ -174,10 +175,11 @@ class BackgroundWriter:
                 timeout,
                 len(self._pending),
             )
-            return
+            return False
         self._drain()
         self._batch_round()
         self._periodic_round()
+        return True
 
     def _guard(self, component: str, job: Callable[[], object]) -> None:
         me = threading.current_thread().name

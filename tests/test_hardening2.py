@@ -22,7 +22,7 @@ import pytest
 
 from exporter.sinks.jsonlog import JsonLogSink, log_path
 from exporter.sinks.recorder import MAX_RECORDED_EVENTS, RecorderSink, Recording, redact_url
-from exporter.sse import BodyTooLarge, DecodeError, SSEDecoder, SSEEvent, inflate_capped, zstd
+from exporter.sse import BodyTooLarge, DecodeError, SSEDecoder, SSEEvent, inflate_capped, inflate_prefix, zstd
 from exporter.writer import BackgroundWriter, ErrorReporter
 from tests import samples
 from tests.e2e.harness import wait_for
@@ -214,7 +214,7 @@ def test_a_fifo_day_log_is_reported_stuck_the_summary_goes_on_and_stop_gives_up(
         stuck_logs = [r for r in caplog.records if "has not returned" in r.getMessage()]
         assert len(stuck_logs) == 1 and "jsonlog" in stuck_logs[0].getMessage()
         start = time.monotonic()
-        writer.stop(timeout=1.0)
+        assert writer.stop(timeout=1.0) is False  # gave up: the caller must not close the log either
         assert time.monotonic() - start < 2.0
         assert any("gave up on a stuck write (jsonlog)" in r.getMessage() for r in caplog.records)
     finally:
@@ -252,7 +252,7 @@ def test_a_blocked_periodic_job_is_reported_and_does_not_stop_log_writes(tmp_pat
         wait_for(lambda: path.exists() and path.read_text().count("\n") == 1, 5, "the log line written")
     finally:
         release.set()
-        writer.stop(timeout=5)
+        assert writer.stop(timeout=5) is True
 
 
 # -- #6: the data dir deleted, or the day's file moved, while running -------------------------------------
@@ -459,3 +459,22 @@ def test_a_failed_recording_write_leaves_no_partial_file(tmp_path: Path, monkeyp
     writer.flush()
     assert counted.components == ["recorder"]
     assert [p for p in (tmp_path / "usage").rglob("*") if p.is_file()] == []  # neither the file nor a temp
+
+
+def test_inflate_prefix_cuts_a_bomb_after_the_limit_for_recordings() -> None:
+    bomb = _brotli_bomb(256 * MiB)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        head, cut = inflate_prefix(bomb, "br", MiB)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (head, cut) == (b"\0" * MiB, True)
+    assert peak < 4 * MiB, peak
+    body = samples.BY_NAME["vscode_completion"].request_body
+    assert inflate_prefix(gzip.compress(body), "gzip", len(body)) == (body, False)
+    assert inflate_prefix(gzip.compress(body), "gzip", 10) == (body[:10], True)
+    assert inflate_prefix(body, None, 10) == (body[:10], True)
+    with pytest.raises(DecodeError):
+        inflate_prefix(b"not brotli", "br", 10)
