@@ -43,6 +43,7 @@ class Limits:
     handshake_seconds: float = HANDSHAKE_SECONDS
     head_seconds: float = HEAD_SECONDS
     write_seconds: float = WRITE_SECONDS
+    slow_reader_seconds: float = 1.0  # an answer taking longer may be dropped at the cap (a scrape takes ms)
     free_guesses: int = 5  # failed basic-auth guesses per client address before it is made to wait
     max_backoff_seconds: float = 60.0
 
@@ -227,7 +228,8 @@ class MetricsServer:
         self._context = context
         self._limits = limits
         self._lock = threading.Lock()
-        self._open: dict[socket.socket, bool] = {}  # connection -> still waiting for its head (insertion order)
+        # connection -> None while it has not sent its head, else when its answer began (in order of arrival)
+        self._open: dict[socket.socket, float | None] = {}
         self._closing = threading.Event()
         self.dropped = 0  # connections dropped at the cap
         self._thread = threading.Thread(target=self._accept_loop, name="copilot-proxy-insight-metrics", daemon=True)
@@ -243,6 +245,12 @@ class MetricsServer:
     def connections(self) -> int:
         with self._lock:
             return len(self._open)
+
+    @property
+    def answering(self) -> int:
+        """Connections whose head has arrived (being answered)."""
+        with self._lock:
+            return sum(since is not None for since in self._open.values())
 
     def close(self) -> None:
         """Stop accepting, drop every open connection, and return within about CLOSE_SECONDS."""
@@ -272,19 +280,29 @@ class MetricsServer:
         with self._lock:
             victim = None
             if len(self._open) >= self._limits.max_connections:
-                victim = next((c for c, waiting in self._open.items() if waiting), None)
-                if victim is None:  # all busy answering: refuse this one
+                victim = self._victim()
+                if victim is None:  # all busy answering, and briskly: refuse this one
                     self.dropped += 1
                     conn.close()
                     return
                 del self._open[victim]
                 self.dropped += 1
-            self._open[conn] = True
+            self._open[conn] = None
         if victim is not None:
             _hang_up(victim)  # its worker's recv or handshake returns at once and the worker ends
         worker = threading.Thread(target=self._serve, args=(conn, peer), name="copilot-proxy-insight-metrics-conn")
         worker.daemon = True
         worker.start()
+
+    def _victim(self) -> socket.socket | None:
+        """The connection to drop for a new one: the oldest still sending its head, else the oldest whose
+        answer has taken over `slow_reader_seconds` (a client that does not read); None if neither."""
+        waiting = next((c for c, since in self._open.items() if since is None), None)
+        if waiting is not None:
+            return waiting
+        now = time.monotonic()
+        slow = self._limits.slow_reader_seconds
+        return next((c for c, since in self._open.items() if since is not None and now - since > slow), None)
 
     def _serve(self, raw: socket.socket, peer: Any) -> None:
         conn: socket.socket = raw
@@ -298,7 +316,7 @@ class MetricsServer:
             with self._lock:
                 if conn not in self._open:
                     return  # dropped at the cap meanwhile
-                self._open[conn] = False
+                self._open[conn] = time.monotonic()
             _respond(conn, environ, self._app, time.monotonic() + self._limits.write_seconds)
         except (OSError, _HeadError, ValueError):
             pass  # a client that timed out, hung up, spoke TLS to plain HTTP or sent junk: nothing to report
@@ -345,7 +363,7 @@ def _tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
     return context
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def bind_listener(host: str, port: int) -> socket.socket:
     """A listening socket for host:port; the address family comes from getaddrinfo (names, IPv4, IPv6)."""
     infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     family, kind, proto, _, address = infos[0]
@@ -378,5 +396,5 @@ def serve_metrics(
     app: App = make_wsgi_app(registry)
     if basic_auth is not None:
         app = BasicAuth(app, *basic_auth, limits=limits)
-    listener = _listen(host, port)
+    listener = bind_listener(host, port)
     return MetricsServer(listener, host, app, context, limits)

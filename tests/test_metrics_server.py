@@ -11,11 +11,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter
 
-from exporter.metrics_server import Limits, MetricsServer, serve_metrics
+from exporter.metrics_server import Limits, MetricsServer, bind_listener, serve_metrics
 from tests.e2e.fakebackend import CertificateAuthority
 from tests.e2e.harness import wait_for
 
@@ -274,3 +275,38 @@ def test_close_returns_promptly_with_connections_open(registry: CollectorRegistr
     finally:
         for s in idle:
             s.close()
+
+
+def test_clients_that_never_read_their_answer_cannot_lock_out_scrapes() -> None:
+    big = b"# a large page\n" * (600_000)  # 9 MB: far more than the socket buffers hold
+
+    def app(environ: dict[str, object], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok\n" if environ["PATH_INFO"] == "/small" else big]
+
+    limits = Limits(max_connections=8, slow_reader_seconds=0.3, write_seconds=60)
+    server = MetricsServer(bind_listener("127.0.0.1", 0), "127.0.0.1", app, None, limits)
+    readers = []
+    try:
+        for _ in range(8):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            s.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # ... and never reads the answer
+            readers.append(s)
+        wait_for(lambda: server.answering == 8, 5, "eight answers blocked on clients that do not read")
+
+        def small() -> bool:
+            try:
+                return _get(f"http://127.0.0.1:{server.port}/small", timeout=1.0)[:2] == (200, "ok\n")
+            except OSError:
+                return False  # refused while the slow readers are younger than slow_reader_seconds
+
+        start = time.monotonic()
+        wait_for(small, 5, "a scrape answered")  # before: refused until the 60 s write timeout
+        assert time.monotonic() - start < 3
+        assert server.connections <= 8
+    finally:
+        for s in readers:
+            s.close()
+        server.close()
