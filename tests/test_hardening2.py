@@ -209,7 +209,8 @@ def test_a_fifo_day_log_is_reported_stuck_the_summary_goes_on_and_stop_gives_up(
         wait_for(lambda: "jsonlog_stuck" in counted.components, 5, "the stuck write reported")
         before = len(rounds)
         wait_for(lambda: len(rounds) >= before + 5, 5, "periodic rounds going on while the log is stuck")
-        time.sleep(0.5)  # let the watchdog look again: still one report for the one stuck write
+        looked = len(rounds)  # each periodic round follows a watchdog look: let it look 5 more times
+        wait_for(lambda: len(rounds) >= looked + 5, 5, "the watchdog to look again")
         assert counted.components.count("jsonlog_stuck") == 1
         stuck_logs = [r for r in caplog.records if "has not returned" in r.getMessage()]
         assert len(stuck_logs) == 1 and "jsonlog" in stuck_logs[0].getMessage()
@@ -478,3 +479,32 @@ def test_inflate_prefix_cuts_a_bomb_after_the_limit_for_recordings() -> None:
     assert inflate_prefix(body, None, 10) == (body[:10], True)
     with pytest.raises(DecodeError):
         inflate_prefix(b"not brotli", "br", 10)
+
+
+class _FullDiskKeepingTheRest(_FullDisk):
+    """Like a BufferedWriter: what a failed flush could not write stays buffered and is written next time."""
+
+    def flush(self) -> None:
+        data = "".join(self._buffer)
+        if self._fail and self._fail.pop():
+            self._f.write(data[: len(data) // 2])
+            self._f.flush()
+            self._buffer = [data[len(data) // 2 :]]
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._buffer = []
+        self._f.write(data)
+        self._f.flush()
+
+
+def test_a_cut_line_whose_rest_was_kept_is_completed_not_ended(tmp_path: Path) -> None:
+    fail = [False, True, True, False]  # batch 1 ok, batch 2 cut, batch 3 still full, then space again
+    writer = BackgroundWriter(ErrorReporter(lambda c: None))
+    opener = lambda p: _FullDiskKeepingTheRest(p, fail)  # noqa: E731
+    sink = JsonLogSink(tmp_path, "file", writer, opener=opener)  # type: ignore[arg-type]
+    for rid in ("good-1", "cut-then-completed", "lost-while-full", "good-2"):
+        sink.handle(event(request_id=rid))
+        writer.flush()
+    raw = log_path(tmp_path, "2026-11-24").read_text().splitlines()
+    ids = [json.loads(line)["request_id"] for line in raw]
+    # The kept rest of the cut line was written first, so the line is whole; a line ended early would lose it.
+    assert ids[:2] == ["good-1", "cut-then-completed"] and ids[-1] == "good-2"

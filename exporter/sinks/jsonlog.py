@@ -119,7 +119,8 @@ class JsonLogSink:
 
     The day's file is checked at every batch: deleted or moved (the data dir removed while running), it is
     reopened, the directory recreated, and a batch that went to the lost file is written again. After a
-    failed write the file is reopened, and a line cut by it is ended first, so the next line is whole."""
+    failed write, a line it cut is completed or ended before anything else is written, so the next line is
+    whole."""
 
     def __init__(
         self,
@@ -158,6 +159,7 @@ class JsonLogSink:
         self._taken_bytes = 0
         self._max_pending_bytes = max_pending_bytes
         self._dropping = False
+        self._failed = False  # the last file write failed (a cut line may need mending)
         writer.every_batch("jsonlog", self._drain)
 
     @property
@@ -222,14 +224,26 @@ class JsonLogSink:
             return
         try:
             self._check_file()
+            self._mend()
             self._write_file(batch)
             if self._file is not None and not _same_file(self._file, log_path(self._dir, self._file_day or "")):
                 # Deleted or moved while this batch was written: write it again to the new file.
                 self._reopened("while a batch was written")
                 self._write_file(batch)
         except BaseException:
-            self._abandon()  # the next write reopens the file and ends a line this failure cut
+            self._failed = True  # the next batch first mends what this failure may have cut
             raise
+
+    def _mend(self) -> None:
+        """After a failed write: write what the file object still holds (the rest of a line a full disk cut,
+        kept in its buffer), then end the file's last line if it is still cut (that rest was lost), so the
+        next line starts on a line of its own and a rebuild loses only the cut line."""
+        if self._failed and self._file is not None:
+            self._file.flush()
+            if _ends_mid_line(log_path(self._dir, self._file_day or "")):
+                self._file.write("\n")
+                self._file.flush()
+        self._failed = False
 
     def _write_file(self, batch: list[tuple[str, str]]) -> None:
         for day, line in batch:
