@@ -292,7 +292,13 @@ class MetricsServer:
             _hang_up(victim)  # its worker's recv or handshake returns at once and the worker ends
         worker = threading.Thread(target=self._serve, args=(conn, peer), name="copilot-proxy-insight-metrics-conn")
         worker.daemon = True
-        worker.start()
+        try:
+            worker.start()
+        except RuntimeError as e:  # no thread to be had (a process limit): refuse this one, keep accepting
+            with self._lock:
+                self._open.pop(conn, None)
+            conn.close()
+            log.warning("copilot-proxy-insight: /metrics cannot serve a connection: %s", e)
 
     def _victim(self) -> socket.socket | None:
         """The connection to drop for a new one: the oldest still sending its head, else the oldest whose
