@@ -24,8 +24,8 @@ from exporter.dispatch import ClientSeen
 from exporter.events import UsageEvent
 from exporter.identity import ClientIdentity, clean
 from exporter.labels import LabelBounds
-from exporter.sinks.recorder import Recording, wants_recording
-from exporter.sse import BodyDecoder, DecodeError, SSEDecoder, SSEEvent
+from exporter.sinks.recorder import MAX_RECORDED_EVENTS, Recording, wants_recording
+from exporter.sse import BodyDecoder, BodyTooLarge, DecodeError, SSEDecoder, SSEEvent, inflate_capped
 from exporter.streams import AnswerParser, Shape, shape_for_path
 from exporter.writer import ErrorReporter
 
@@ -35,7 +35,6 @@ Clock = Callable[[], float]
 Feed = Callable[[bytes], None]
 
 MAX_JSON_RESPONSE = 8 * 1024 * 1024  # a buffered answer larger than this (decoded) is not parsed
-MAX_RECORDED_EVENTS = 5000
 _HOST_ANSWERS = frozenset({Kind.TOKEN_EXCHANGE, Kind.USER_INFO})
 
 
@@ -169,9 +168,9 @@ def _header(headers: Mapping[str, str], name: str, limit: int = 128) -> str | No
 
 
 def _decoded(raw: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undoes Content-Encoding incrementally with a cap (a 500-byte brotli body can inflate to gigabytes)."""
-    decoder = BodyDecoder(encoding, max_bytes=limit)
-    return decoder.feed(raw)
+    """Undoes Content-Encoding in pieces with a cap (a 500-byte brotli body can inflate to gigabytes): never
+    more than the cap and one piece in memory; BodyTooLarge past it."""
+    return inflate_capped(raw, encoding, limit)
 
 
 class CallTracker:
@@ -251,7 +250,7 @@ class CallTracker:
         try:
             body = _decoded(raw, content_encoding, MAX_PARSE_BYTES) if raw else raw
         except DecodeError as e:
-            call.facts = RequestFacts(error="body_too_large" if "over" in str(e) else "malformed_body")
+            call.facts = RequestFacts(error="body_too_large" if isinstance(e, BodyTooLarge) else "malformed_body")
             return
         keep = self.options.record and (body is None or len(body) <= self.options.record_max_bytes)
         call.facts = parse_request(body, shape_for_path(call.meta.path), keep_parsed=keep)
@@ -318,7 +317,7 @@ class CallTracker:
         try:
             body = _decoded(resp.body, resp.content_encoding, MAX_JSON_RESPONSE)
         except DecodeError as e:
-            if "over" not in str(e):
+            if not isinstance(e, BodyTooLarge):
                 call.parse_error = f"content-encoding: {e}"[:200]
             return  # too large to parse: counted from what the headers say
         if call.kind in _HOST_ANSWERS:

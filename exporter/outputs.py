@@ -171,5 +171,6 @@ class Outputs:
         otel = self.dispatcher.replace("otel", None)
         if otel is not None:
             otel.close()  # returns within its close timeout even when the collector is away
-        self.writer.stop()
-        self.dispatcher.close()
+        if self.writer.stop():
+            self.dispatcher.close()
+        # else: a write never returned (a hung mount): closing the file it holds would hang the stop too

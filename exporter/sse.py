@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,8 +19,16 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 MAX_DECODED_BYTES = 32 * 1024 * 1024  # a long agent answer is well under 1 MiB
 
 
+INFLATE_INPUT_CHUNK = 64 * 1024  # compressed bytes fed at a time to inflate_capped's decoder
+INFLATE_STEP = 256 * 1024  # decoded bytes produced at a time: the most a bomb gets past the cap
+
+
 class DecodeError(Exception):
     """The body could not be decoded (bad compression, over the size cap)."""
+
+
+class BodyTooLarge(DecodeError, ValueError):
+    """The decoded body passes its cap (a decompression bomb, or just too big to parse)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,38 +40,56 @@ class SSEEvent:
 
 
 class _Decompressor(Protocol):
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        """At most about `limit` bytes of output; more than that means the body is over the cap."""
+    def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
+        """The output for `data`, in pieces of about `step` bytes (a bomb is never inflated in one go)."""
         ...
 
 
 class _Identity:
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        return data
+    def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
+        yield data  # already in memory whole
 
 
 class _Zlib:
     def __init__(self, wbits: int) -> None:
         self._d = zlib.decompressobj(wbits)
 
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        return self._d.decompress(data, limit)
+    def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
+        out = self._d.decompress(data, step)
+        while True:
+            if out:
+                yield out
+            if len(out) < step and not self._d.unconsumed_tail:
+                return
+            out = self._d.decompress(self._d.unconsumed_tail, step)
 
 
 class _Brotli:
     def __init__(self) -> None:
         self._d = brotli.Decompressor()
 
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        return bytes(self._d.process(data, output_buffer_limit=limit))
+    def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
+        out = self._d.process(data, output_buffer_limit=step)
+        while True:
+            if out:
+                yield bytes(out)
+            if self._d.can_accept_more_data() or not out:
+                return
+            out = self._d.process(b"", output_buffer_limit=step)
 
 
 class _Zstd:
     def __init__(self) -> None:
         self._d = zstd.ZstdDecompressor()
 
-    def decompress(self, data: bytes, limit: int) -> bytes:
-        return bytes(self._d.decompress(data, limit))
+    def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
+        out = self._d.decompress(data, step)
+        while True:
+            if out:
+                yield bytes(out)
+            if self._d.needs_input or self._d.eof or not out:
+                return
+            out = self._d.decompress(b"", step)
 
 
 def _decompressor(encoding: str) -> _Decompressor:
@@ -81,26 +108,78 @@ def _decompressor(encoding: str) -> _Decompressor:
 
 
 class BodyDecoder:
-    """Incrementally undoes Content-Encoding; never expands past the cap (gzip bombs)."""
+    """Incrementally undoes Content-Encoding; never expands past the cap (gzip bombs).
+
+    Output is produced in pieces of INFLATE_STEP bytes, each counted against the cap as it comes: a chunk
+    that would inflate past the cap raises after at most the cap plus one piece, never after inflating all of
+    it. Every stage of a chained encoding (`gzip, br`) is capped the same way."""
 
     def __init__(self, content_encoding: str | None, max_bytes: int = MAX_DECODED_BYTES) -> None:
-        self._steps = [_decompressor(e) for e in reversed((content_encoding or "").split(",")) if e.strip()]
+        steps = [_decompressor(e) for e in reversed((content_encoding or "").split(",")) if e.strip()]
+        self._steps: list[_Decompressor] = steps or [_Identity()]  # an identity stage: the cap holds for plain bodies
         self._max = max_bytes
+        self._stage_bytes = [0] * len(self._steps)
         self.decoded_bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        budget = self._max - self.decoded_bytes + 1
+        parts = list(self.pieces(chunk))
+        self.decoded_bytes += sum(len(p) for p in parts)  # only once the whole chunk is within the cap
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def pieces(self, chunk: bytes) -> Iterator[bytes]:
+        """The decoded output of `chunk`, piece by piece (not added to `decoded_bytes`).
+
+        Raises BodyTooLarge when the output passes the cap, DecodeError for a corrupt body."""
+        flow: Iterator[bytes] = iter((chunk,))
+        for i, step in enumerate(self._steps):
+            flow = self._capped(i, step, flow)
         try:
-            for step in self._steps:
-                chunk = step.decompress(chunk, budget)
-                if len(chunk) >= budget:
-                    raise DecodeError(f"decoded body over {self._max} bytes")
+            yield from flow
         except (zlib.error, brotli.error, zstd.ZstdError, EOFError) as e:
             raise DecodeError(f"corrupt compressed body: {e}") from e
-        self.decoded_bytes += len(chunk)
-        if self.decoded_bytes > self._max:
-            raise DecodeError(f"decoded body over {self._max} bytes")
-        return chunk
+
+    def _capped(self, stage: int, step: _Decompressor, flow: Iterator[bytes]) -> Iterator[bytes]:
+        for part in flow:
+            for piece in step.pieces(part, INFLATE_STEP):
+                self._stage_bytes[stage] += len(piece)
+                if self._stage_bytes[stage] > self._max:
+                    raise BodyTooLarge(f"decoded body over {self._max} bytes")
+                yield piece
+
+
+def inflate_capped(raw: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body with its Content-Encoding undone; BodyTooLarge as soon as the output passes `limit` bytes.
+
+    Inflates piece by piece (a 405-byte brotli body can hold 256 MiB): a bomb costs at most `limit` decoded
+    bytes plus one piece before it raises. DecodeError for a corrupt body or an unknown encoding. An accepted
+    body is copied once more when its pieces are joined."""
+    decoder = BodyDecoder(content_encoding, limit)
+    parts: list[bytes] = []
+    view = memoryview(raw)
+    for start in range(0, max(len(raw), 1), INFLATE_INPUT_CHUNK):
+        parts.extend(decoder.pieces(bytes(view[start : start + INFLATE_INPUT_CHUNK])))
+    if len(parts) == 1:
+        return parts[0]
+    return b"".join(parts)
+
+
+def inflate_prefix(raw: bytes, content_encoding: str | None, limit: int) -> tuple[bytes, bool]:
+    """The first `limit` decoded bytes of the body and whether there was more (for recordings: a bomb is cut
+    after `limit` bytes plus a piece, never inflated whole). DecodeError for a corrupt body."""
+    decoder = BodyDecoder(content_encoding, limit + 4 * INFLATE_STEP)  # room for the piece that crosses it
+    parts: list[bytes] = []
+    total = 0
+    view = memoryview(raw)
+    try:
+        for start in range(0, max(len(raw), 1), INFLATE_INPUT_CHUNK):
+            for piece in decoder.pieces(bytes(view[start : start + INFLATE_INPUT_CHUNK])):
+                parts.append(piece)
+                total += len(piece)
+                if total > limit:
+                    return b"".join(parts)[:limit], True
+    except BodyTooLarge:
+        return b"".join(parts)[:limit], True
+    return b"".join(parts), False
 
 
 class SSEDecoder:
@@ -127,12 +206,19 @@ class SSEDecoder:
             self._skipping = False
             chunk = chunk[nl + 1 :]
         if self._buf:
-            self._buf += chunk
-            data = bytes(self._buf)
+            # Only the new bytes are searched and appended: re-copying the pending line per chunk made an
+            # 8 MiB line without a newline cost quadratic CPU on the event loop.
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                self._append(chunk)
+                return out
+            # Like a line that arrives whole in one chunk, a line completed here is read whatever its length:
+            # the cap bounds what is held across chunks, and this chunk is in memory already.
+            self._buf += chunk[:nl]
+            self._line(bytes(self._buf), out)
             self._buf.clear()
-        else:
-            data = chunk
-        lines = data.split(b"\n")
+            chunk = chunk[nl + 1 :]
+        lines = chunk.split(b"\n")
         tail = lines.pop()  # the part after the last newline: an unfinished line
         for raw in lines:
             self._line(raw, out)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 from exporter.classify import Kind
 from exporter.dispatch import Emitted, Health
@@ -29,6 +33,35 @@ SECRET_HEADERS = frozenset(
 )
 _SECRET_BODY_KEYS = frozenset({"token", "access_token", "refresh_token", "password", "session_token"})
 _UNSAFE_PATH = re.compile(r"[^A-Za-z0-9._@-]")
+# Query parameter names that carry secrets (matched on the decoded name, as a part of it: `x_access_token`).
+_SECRET_QUERY_NAME = re.compile(r"(?i)token|secret|passw(?:or)?d|auth|api[_-]?key|sig(?:nature)?|session|credential")
+MAX_RECORDED_EVENTS = 1_000  # parsed answer events written per recording; the rest are counted, not kept
+REDACTED = "[REDACTED]"
+
+
+def redact_url(url: str) -> str:
+    """The URL with secret-named query values masked, and token-shaped values masked after URL-decoding
+    (`auth=Bearer%20…`, `q=gho%5F…`); the path too. Parameters without a secret keep their exact bytes."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact_value(unquote(url))
+    path = parts.path
+    if redact_value(unquote(path)) != unquote(path):
+        path = redact_value(unquote(path))
+    kept = []
+    for param in parts.query.split("&") if parts.query else []:
+        name, eq, value = param.partition("=")
+        decoded = unquote_plus(value)
+        if _SECRET_QUERY_NAME.search(unquote_plus(name)) and value:
+            param = f"{name}={REDACTED}"
+        elif redact_value(decoded) != decoded:
+            param = f"{name}{eq}{redact_value(decoded)}"
+        kept.append(param)
+    netloc = parts.netloc
+    if "@" in netloc:  # user:password@host
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    return urlunsplit((parts.scheme, netloc, path, "&".join(kept), redact_value(unquote(parts.fragment))))
 
 
 def redact_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
@@ -117,7 +150,7 @@ class RecorderSink:
             "counted": event.counted,
             "skip_reason": event.skip_reason,
             "request": {
-                "url": redact_value(rec.url),
+                "url": redact_url(rec.url),
                 "method": rec.method,
                 "headers": redact_headers(rec.request_headers),
                 "content": redact_body(rec.request_content),
@@ -125,11 +158,33 @@ class RecorderSink:
             "response": {
                 "status_code": event.status,
                 "headers": redact_headers(rec.response_headers),
-                "content": redact_body(rec.response_content),
+                "content": redact_body(_capped_events(rec.response_content)),
             },
         }
         stamp = event.timestamp.strftime("%Y%m%dT%H%M%S.%fZ")
         name = f"{stamp}_{safe_path_part(event.request_id or 'no-request-id')}.json"
         path = self._dir / "usage" / safe_path_part(event.user) / safe_path_part(event.kind) / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(doc, indent=4, ensure_ascii=False, default=str), encoding="utf-8", errors="replace")
+        _write_atomically(path, json.dumps(doc, indent=4, ensure_ascii=False, default=str))
+
+
+def _capped_events(content: Any) -> Any:
+    if isinstance(content, list) and len(content) > MAX_RECORDED_EVENTS:
+        return [
+            *content[:MAX_RECORDED_EVENTS],
+            {"truncated": True, "events_left_out": len(content) - MAX_RECORDED_EVENTS},
+        ]
+    return content
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A reader (or a crash) sees the whole recording or none of it: write a temp file, then rename it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", errors="replace") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
