@@ -45,6 +45,7 @@ from exporter.sinks.jsonlog import JsonLogSink
 from exporter.sinks.prometheus import PrometheusSink
 from exporter.sinks.recorder import RecorderSink, Recording
 from exporter.sse import BodyDecoder, SSEDecoder, SSEEvent
+from exporter.startup import facts_from_options, startup_lines
 from exporter.streams import AnswerParser, Shape, shape_for_path
 from exporter.writer import BackgroundWriter, ErrorReporter
 
@@ -519,6 +520,11 @@ class CopilotInsight:
         self._running = True
         self.writer.start()
         self._start_metrics_server()
+        proxyserver = ctx.master.addons.get("proxyserver")
+        bound = proxyserver.listen_addrs() if proxyserver is not None else ()
+        facts = facts_from_options(ctx.options, __version__, self.prometheus.server_port, bound)
+        for line in startup_lines(facts):
+            log.log(line.level, "copilot-proxy-insight: %s", line.text)
 
     def done(self) -> None:
         self._running = False
@@ -553,7 +559,8 @@ class CopilotInsight:
             )
         else:
             log.info(
-                "copilot-proxy-insight: /metrics on http://%s:%s/metrics",
+                "copilot-proxy-insight: /metrics on %s://%s:%s/metrics",
+                "https" if o.copilot_metrics_certfile else "http",
                 o.copilot_metrics_host,
                 self.prometheus.server_port,
             )
