@@ -16,11 +16,11 @@ from exporter import __version__
 
 ADDON = Path(__file__).resolve().with_name("addon.py")
 
-# Defaults of the console script, passed first as `--set` so that anything the user gives wins: a later
-# `--set`, the `--listen-host` / `--flow-detail` flags, `-q` / `-v`, and `config.yaml` in the confdir
-# (mitmproxy applies config.yaml over `--set`). Loopback only, so the quick start is no open proxy; no
-# per-flow lines, which are noise on a proxy serving hundreds of developers.
-DEFAULTS = ("listen_host=127.0.0.1", "flow_detail=0")
+# Defaults of the console script where plain mitmdump's do not suit a proxy for a whole team: loopback only,
+# so the quick start is no open proxy; no per-flow lines, which are noise for hundreds of developers.
+# Passed as `--set` only when the user's arguments do not set the option themselves (mitmproxy refuses two
+# `--set` of one option); `config.yaml` in the confdir still wins, mitmproxy applies it over `--set`.
+DEFAULTS = {"listen_host": "127.0.0.1", "flow_detail": "0"}
 
 # Subcommand -> "module:function" called with the remaining arguments; imported only when used.
 SUBCOMMANDS = {
@@ -58,11 +58,24 @@ mitmdump's own help follows.
 """
 
 
+def sets_option(argv: Sequence[str], name: str) -> bool:
+    """Whether mitmdump arguments set option `name`: `--set name=…`, `--set=name=…` or `--name-with-dashes …`."""
+    flag = "--" + name.replace("_", "-")
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg == "--set" and i + 1 < len(argv) else arg.removeprefix("--set=")
+        if (arg == "--set" or arg.startswith("--set=")) and value.partition("=")[0] == name:
+            return True
+        if arg == flag or arg.startswith(flag + "="):
+            return True
+    return False
+
+
 def build_args(argv: Sequence[str]) -> list[str]:
-    """mitmdump's arguments: the addon script and this command's defaults first, then the user's arguments."""
+    """mitmdump's arguments: the addon script, this command's defaults the user did not set, the user's arguments."""
     args = ["-s", str(ADDON)]
-    for default in DEFAULTS:
-        args += ["--set", default]
+    for name, value in DEFAULTS.items():
+        if not sets_option(argv, name):
+            args += ["--set", f"{name}={value}"]
     return [*args, *argv]
 
 

@@ -19,11 +19,39 @@ CONSOLE_SCRIPT = Path(sys.executable).parent / "copilot-proxy-insight"
 
 
 def test_build_args_puts_the_addon_and_the_defaults_before_the_users_arguments() -> None:
-    args = cli.build_args(["--set", "listen_host=0.0.0.0", "-p", "3128"])
+    args = cli.build_args(["-p", "3128"])
     assert args[:2] == ["-s", str(REPO / "exporter" / "addon.py")]
-    assert args[2:6] == ["--set", "listen_host=127.0.0.1", "--set", "flow_detail=0"]
-    # Last --set wins in mitmproxy, so the user's own value overrides the default.
-    assert args[6:] == ["--set", "listen_host=0.0.0.0", "-p", "3128"]
+    assert args[2:] == ["--set", "listen_host=127.0.0.1", "--set", "flow_detail=0", "-p", "3128"]
+
+
+@pytest.mark.parametrize(
+    ("user_args", "kept_default"),
+    [
+        (["--set", "listen_host=0.0.0.0"], "flow_detail=0"),
+        (["--set=listen_host=0.0.0.0"], "flow_detail=0"),
+        (["--listen-host", "10.0.0.5"], "flow_detail=0"),
+        (["--listen-host=10.0.0.5"], "flow_detail=0"),
+        (["--set", "flow_detail=3"], "listen_host=127.0.0.1"),
+        (["--flow-detail", "2"], "listen_host=127.0.0.1"),
+    ],
+)
+def test_a_default_the_user_sets_is_not_passed(user_args: list[str], kept_default: str) -> None:
+    """mitmproxy refuses two `--set` of one option, so a default the user gives is left out entirely."""
+    args = cli.build_args(user_args)
+    assert args == ["-s", str(cli.ADDON), "--set", kept_default, *user_args]
+
+
+@pytest.mark.parametrize(
+    "user_args",
+    [
+        ["--set", "copilot_listen_host_note=x"],  # another option whose name merely contains it
+        ["--set", "proxyauth=listen_host=1"],  # the value, not the name
+        ["--listen-hostile", "x"],
+        ["-s", "--set"],
+    ],
+)
+def test_sets_option_looks_at_option_names_only(user_args: list[str]) -> None:
+    assert not cli.sets_option(user_args, "listen_host")
 
 
 def test_version_names_the_exporter_and_mitmproxy(capsys: pytest.CaptureFixture[str]) -> None:
