@@ -85,9 +85,9 @@ def help_text() -> str:
     from mitmproxy.tools import cmdline
 
     # mitmdump's parser, not mitmdump itself: its --help path exits with status 1 from inside asyncio.
-    parser = cmdline.mitmdump(options.Options())
+    parser: argparse.ArgumentParser = cmdline.mitmdump(options.Options())  # type: ignore[no-untyped-call]
     parser.prog = "copilot-proxy-insight"
-    return HELP_HEADER + "\n" + parser.format_help()
+    return f"{HELP_HEADER}\n{parser.format_help()}"
 
 
 def version_text() -> str:
