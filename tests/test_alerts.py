@@ -134,7 +134,8 @@ def label_problems(expr: str, known: dict[str, frozenset[str]]) -> list[str]:
         name = match.group(1)
         matchers = _MATCHER.findall(expr[match.start(2) : match.end(2)])
         allowed = known.get(name, frozenset()) if name else in_expr
-        problems += [f"{name or '{}'}{{{label}}}" for label in matchers if label not in allowed]
+        # __name__ selects metrics by name (a dashboard variable reading several metrics): every series has it.
+        problems += [f"{name or '{}'}{{{label}}}" for label in matchers if label not in allowed | {"__name__"}]
     for match in _BY.finditer(expr):
         for label in filter(None, (part.strip() for part in match.group(1).split(","))):
             if label not in in_expr:

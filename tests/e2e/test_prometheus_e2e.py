@@ -423,7 +423,14 @@ def substitute(expr: str, selected: Mapping[str, Sequence[str] | None], window_m
     return _VARIABLE.sub(value, expr)
 
 
-ALL: dict[str, Sequence[str] | None] = {"user": None, "editor": None, "language": None, "kind": None, "instance": None}
+ALL: dict[str, Sequence[str] | None] = {
+    "user": None,
+    "editor": None,
+    "language": None,
+    "kind": None,
+    "instance": None,
+    "job": None,
+}
 # A concrete selection on the usage dashboard: bob's Neovim Lua completions.
 BOB_NEOVIM_LUA: dict[str, Sequence[str] | None] = {
     "user": ["bob"],
