@@ -517,9 +517,9 @@ class CopilotInsight:
         self.recorder = RecorderSink(data_dir, self.writer, o.copilot_record_telemetry) if o.copilot_record else None
 
     def running(self) -> None:
-        self._running = True
         self.writer.start()
         self._start_metrics_server()
+        self._running = True
         proxyserver = ctx.master.addons.get("proxyserver")
         bound = proxyserver.listen_addrs() if proxyserver is not None else ()
         facts = facts_from_options(ctx.options, __version__, self.prometheus.server_port, bound)
@@ -558,12 +558,13 @@ class CopilotInsight:
                 level=logging.WARNING,
             )
         else:
-            log.info(
-                "copilot-proxy-insight: /metrics on %s://%s:%s/metrics",
-                "https" if o.copilot_metrics_certfile else "http",
-                o.copilot_metrics_host,
-                self.prometheus.server_port,
-            )
+            if self._running:  # a restart after a change of options; at start the summary says where it is
+                log.info(
+                    "copilot-proxy-insight: /metrics on %s://%s:%s/metrics",
+                    "https" if o.copilot_metrics_certfile else "http",
+                    o.copilot_metrics_host,
+                    self.prometheus.server_port,
+                )
 
     def _label_overflow(self, label: str) -> None:
         self.prometheus.label_overflow(label)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.resources
+import logging
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from importlib.resources.abc import Traversable
@@ -21,6 +23,10 @@ ADDON = Path(__file__).resolve().with_name("addon.py")
 # Passed as `--set` only when the user's arguments do not set the option themselves (mitmproxy refuses two
 # `--set` of one option); `config.yaml` in the confdir still wins, mitmproxy applies it over `--set`.
 DEFAULTS = {"listen_host": "127.0.0.1", "flow_detail": "0"}
+# mitmproxy logs every client and server connect/disconnect at INFO through this logger: as noisy as per-flow
+# lines on a busy proxy. Kept at WARNING (TLS failures and the like still show) unless the user asks for
+# detail with flow_detail, termlog_verbosity or -v.
+CONNECTION_LOGGER = "mitmproxy.proxy.server"
 
 # Subcommand -> "module:function" called with the remaining arguments; imported only when used.
 SUBCOMMANDS = {
@@ -213,9 +219,15 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in args or "--help" in args:
         print(help_text())
         return 0
+    if not (sets_option(args, "flow_detail") or sets_option(args, "termlog_verbosity") or _verbose(args)):
+        logging.getLogger(CONNECTION_LOGGER).setLevel(logging.WARNING)
     from mitmproxy.tools.main import mitmdump
 
     return mitmdump(build_args(args)) or 0
+
+
+def _verbose(args: Sequence[str]) -> bool:
+    return any(a in ("-v", "--verbose") or re.fullmatch(r"-v+", a) is not None for a in args)
 
 
 if __name__ == "__main__":

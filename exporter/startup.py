@@ -126,7 +126,7 @@ def startup_lines(facts: StartupFacts) -> list[Line]:
     WARNING rather than ERROR: mitmdump exits when an error is logged during start-up.
     """
     info = logging.INFO
-    lines = [Line(info, f"copilot-proxy-insight {facts.version}")]
+    lines = [Line(info, f"version {facts.version} ready")]
     lines += [Line(info, _proxy_line(listener, facts.proxyauth)) for listener in facts.listeners]
     lines.append(
         Line(

@@ -106,7 +106,7 @@ def test_listeners_follow_mitmproxy_mode_specs(
 
 def test_the_first_lines_say_how_to_point_an_ide_at_the_proxy() -> None:
     lines = startup_lines(facts())
-    assert lines[0].text == "copilot-proxy-insight 1.2.3"
+    assert lines[0].text == "version 1.2.3 ready"
     assert "http://<user>:<password>@127.0.0.1:8080" in lines[1].text
     assert "proxyauth checks the password" in lines[1].text
     assert "CA certificate /home/ops/.mitmproxy/mitmproxy-ca-cert.pem" in lines[2].text
@@ -236,7 +236,7 @@ def test_the_addon_logs_the_summary_when_running(tmp_path: Path, caplog: pytest.
             addon.done()
     logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "copilot_proxy_insight"]
     messages = "\n".join(m for _, m in logged)
-    assert f"copilot-proxy-insight: copilot-proxy-insight {__version__}" in messages
+    assert f"copilot-proxy-insight: version {__version__} ready" in messages
     assert str(tmp_path / "conf" / "mitmproxy-ca-cert.pem") in messages
     assert f"data dir {tmp_path / 'data'}" in messages
     assert "/metrics is off (copilot_metrics_port=0)" in messages
