@@ -52,7 +52,7 @@ usage: copilot-proxy-insight [mitmdump options]   start the proxy (every mitmdum
        copilot-proxy-insight export-config DIR    write the Grafana dashboards and Prometheus alert rules to DIR
        copilot-proxy-insight rebuild [DAY ...]    rebuild daily summaries from the event log
        copilot-proxy-insight report ...           usage report (see: copilot-proxy-insight report --help)
-       copilot-proxy-insight reconcile ...        compare with GitHub's billing data (reconcile --help)
+       copilot-proxy-insight reconcile ...        compare with GitHub's Copilot usage report (reconcile --help)
        copilot-proxy-insight --version            this version and mitmproxy's
 
 Set options with --set NAME=VALUE, e.g. --set proxyauth=@/etc/copilot/htpasswd --set copilot_data_dir=/data.
