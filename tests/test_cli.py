@@ -181,3 +181,73 @@ def test_the_console_script_is_installed_and_answers_version() -> None:
     result = subprocess.run([str(CONSOLE_SCRIPT), "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"copilot-proxy-insight {__version__}\nmitmproxy ")
+
+
+# -- ./dev: one install for run and test ------------------------------------------------------------------
+
+
+@pytest.fixture
+def dev_checkout(tmp_path: Path) -> Path:
+    """A copy of `dev` next to a pyproject.toml and exporter/__init__.py, with a .venv whose python logs every
+    pip call (and does nothing else for pip) and whose console script echoes its arguments."""
+    root = tmp_path / "checkout"
+    (root / "exporter").mkdir(parents=True)
+    (root / "dev").write_text((REPO / "dev").read_text())
+    (root / "dev").chmod(0o755)
+    (root / "pyproject.toml").write_text((REPO / "pyproject.toml").read_text())
+    (root / "exporter" / "__init__.py").write_text(f'__version__ = "{__version__}"\n')
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(
+        "#!/bin/sh\n"
+        'case "$*" in *"-m pip"*) echo "$*" >> "$(dirname "$0")/../pip.log"; exit 0;; esac\n'
+        f'exec {sys.executable} "$@"\n'
+    )
+    (bin_dir / "copilot-proxy-insight").write_text('#!/bin/sh\necho "console script: $*"\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    return root
+
+
+def run_dev(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(root / "dev"), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def pip_calls(root: Path) -> list[str]:
+    log = root / ".venv" / "pip.log"
+    return [line for line in log.read_text().splitlines() if "install" in line] if log.exists() else []
+
+
+def test_dev_installs_once_for_run_and_test_alternating(dev_checkout: Path) -> None:
+    root = dev_checkout
+    assert run_dev(root, "setup").returncode == 0
+    calls = pip_calls(root)
+    assert calls[-1].endswith("install --quiet -e .[dev]"), calls
+    before = len(calls)
+    for args in (("run", "--version"), ("options",), ("setup",), ("run",), ("exec", "true")):
+        result = run_dev(root, *args)
+        assert result.returncode == 0, result.stderr
+    assert len(pip_calls(root)) == before, "nothing reinstalled while pyproject.toml is unchanged"
+    assert run_dev(root, "run", "--version").stdout == "console script: --version\n"
+    assert run_dev(root, "rebuild", "--data-dir", "logs").stdout == "console script: rebuild --data-dir logs\n"
+
+
+def test_dev_run_alone_installs_without_test_tools_and_setup_adds_them(dev_checkout: Path) -> None:
+    root = dev_checkout
+    assert run_dev(root, "run").returncode == 0
+    assert pip_calls(root)[-1].endswith("install --quiet -e ."), pip_calls(root)
+    n = len(pip_calls(root))
+    assert run_dev(root, "run").returncode == 0 and len(pip_calls(root)) == n
+    assert run_dev(root, "setup").returncode == 0
+    assert pip_calls(root)[-1].endswith("install --quiet -e .[dev]")
+    # A changed pyproject.toml reinstalls, keeping the test tools even for `run`.
+    with (root / "pyproject.toml").open("a") as f:
+        f.write("\n# changed\n")
+    assert run_dev(root, "run").returncode == 0
+    assert pip_calls(root)[-1].endswith("install --quiet -e .[dev]")
+
+
+def test_dev_exec_puts_the_venv_first_on_path(dev_checkout: Path) -> None:
+    result = run_dev(dev_checkout, "exec", "copilot-proxy-insight", "--options")
+    assert result.returncode == 0 and result.stdout == "console script: --options\n", result.stderr
+    assert run_dev(dev_checkout, "exec").returncode == 2
