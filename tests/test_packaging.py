@@ -186,3 +186,32 @@ def test_the_installed_console_script_starts_and_serves_metrics(installed: Path,
         assert f"/metrics on http://127.0.0.1:{metrics_port}/metrics" in log
         assert f"data dir {tmp_path / 'data'}" in log
     assert proxy.returncode == 0, proxy.log_text()[-3000:]
+
+
+def test_pipx_installs_the_wheel_as_an_application(dist: Path, tmp_path: Path) -> None:
+    """`pipx install` (its own venv, the console scripts linked into a bin dir) gives working commands."""
+    env = {
+        **clean_env(),
+        "PIPX_HOME": str(tmp_path / "pipx"),
+        "PIPX_BIN_DIR": str(tmp_path / "bin"),
+        "PIPX_MAN_DIR": str(tmp_path / "man"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "pipx", "install", str(wheel_path(dist))],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for script in ("copilot-proxy-insight", "copilot-proxy-insight-rebuild"):
+        assert (tmp_path / "bin" / script).exists(), script
+    version = subprocess.run(
+        [str(tmp_path / "bin" / "copilot-proxy-insight"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert version.returncode == 0 and version.stdout.startswith(f"copilot-proxy-insight {__version__}\n")
