@@ -39,6 +39,7 @@ class StartupFacts:
     metrics_url: str | None  # None: /metrics is off or failed to start
     metrics_port_option: int
     metrics_auth: bool
+    proxyauth_any: bool = False  # proxyauth=any: a user name is required, every password accepted
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +97,18 @@ def listeners(
     return tuple(result)
 
 
-def _proxy_line(listener: Listener, proxyauth: bool) -> str:
+def _auth_text(proxyauth: bool, proxyauth_any: bool) -> str:
+    if proxyauth_any:
+        return "proxyauth=any: a user name is required, any password is accepted"
+    return "proxyauth checks the password" if proxyauth else "the user name is taken as sent, no password check"
+
+
+def _proxy_line(listener: Listener, how: str) -> str:
     where = _url_host(listener.host, "<proxy-host>")
     port = "" if listener.port is None else f":{listener.port}"
     scope = "all interfaces" if listener.host in ALL_INTERFACES else listener.host
     if listener.mode in HTTP_PROXY_MODES:
         creds = "<user>:<password>@"
-        how = "proxyauth checks the password" if proxyauth else "the user name is taken as sent, no password check"
         return (
             f"point IDEs at the proxy http://{creds}{where}{port} ({listener.mode} mode, listening on {scope}; {how})"
         )
@@ -127,7 +133,8 @@ def startup_lines(facts: StartupFacts) -> list[Line]:
     """
     info = logging.INFO
     lines = [Line(info, f"version {facts.version} ready")]
-    lines += [Line(info, _proxy_line(listener, facts.proxyauth)) for listener in facts.listeners]
+    how = _auth_text(facts.proxyauth, facts.proxyauth_any)
+    lines += [Line(info, _proxy_line(listener, how)) for listener in facts.listeners]
     lines.append(
         Line(
             info,
@@ -175,11 +182,14 @@ def facts_from_options(
 ) -> StartupFacts:
     """Reads the facts from mitmproxy's options (`ctx.options`) and the port /metrics really serves on."""
     confdir = os.path.abspath(os.path.expanduser(options.confdir))
+    # The option belongs to mitmproxy's proxyauth addon, always loaded by mitmdump but not in every test context.
+    # Only its kind is kept: a user:password spec must never reach the log.
+    proxyauth = getattr(options, "proxyauth", None) or ""
     return StartupFacts(
         version=version,
         listeners=listeners(list(options.mode), options.listen_host, options.listen_port, bound),
-        # The option belongs to mitmproxy's proxyauth addon, always loaded by mitmdump but not in every test context.
-        proxyauth=bool(getattr(options, "proxyauth", None)),
+        proxyauth=bool(proxyauth),
+        proxyauth_any=proxyauth.strip().lower() == "any",
         ca_cert=os.path.join(confdir, CA_CERT_NAME),
         data_dir=os.path.abspath(os.path.expanduser(options.copilot_data_dir)),
         metrics_url=metrics_url(options.copilot_metrics_host, metrics_port, bool(options.copilot_metrics_certfile)),

@@ -165,6 +165,19 @@ def test_no_warning_beyond_loopback_with_proxyauth() -> None:
     assert "listening on all interfaces" in lines[1].text
 
 
+def test_proxyauth_any_is_said_to_accept_any_password() -> None:
+    lines = startup_lines(facts(listeners=(Listener("regular", "", 8080),), proxyauth=True, proxyauth_any=True))
+    assert "proxyauth=any: a user name is required, any password is accepted" in lines[1].text
+    assert not warnings(lines) and "anonymous" not in text(lines)
+
+
+def test_a_user_password_spec_never_reaches_the_lines(tmp_path: Path) -> None:
+    f = facts_from_options(Options(proxyauth="admin:s3cret-pw", confdir=str(tmp_path)), "9.9", 9180)
+    assert f.proxyauth and not f.proxyauth_any
+    assert "s3cret-pw" not in text(startup_lines(f)) and "admin" not in text(startup_lines(f))
+    assert facts_from_options(Options(proxyauth="any", confdir=str(tmp_path)), "9.9", 9180).proxyauth_any
+
+
 def test_one_exposed_listener_among_loopback_ones_still_warns() -> None:
     both = (Listener("regular", "127.0.0.1", 8080), Listener("socks5", "", 1080))
     [warning] = warnings(startup_lines(facts(listeners=both, proxyauth=False)))
