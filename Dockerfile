@@ -10,7 +10,8 @@
 # Volumes: /data the data dir (daily summaries, JSON event log, recordings); /home/app/.mitmproxy the
 # mitmproxy CA (keep it: clients trust this CA, a new one means redistributing it to every client).
 #
-# Configuration: the COPILOT_* environment variables below (container layout, read by the entrypoint)
+# Configuration: the COPILOT_* environment variables below (container layout, read by the entrypoint;
+# COPILOT_LISTEN_HOST=0.0.0.0 because the console script's own default, loopback, is unreachable from outside)
 # and mitmproxy `--set <option>=<value>` arguments (the command; the default asks every client for a proxy
 # user so usage is attributed, e.g. replace it with `--set proxyauth=@/etc/copilot/htpasswd`).
 # docs/admin-guide.md lists every option.
@@ -22,7 +23,10 @@ FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter/ exporter/
-RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels ".[otel]"
+# exporter/bundled/ links to these two: the dashboards and alert rules ship inside the package.
+COPY alerts/ alerts/
+COPY dashboards/ dashboards/
+RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
 
 # --- runtime: slim Python, the wheels installed offline, a non-root user ------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -36,6 +40,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/home/app \
     COPILOT_DATA_DIR=/data \
     COPILOT_LOG_JSON=both \
+    COPILOT_LISTEN_HOST=0.0.0.0 \
     COPILOT_METRICS_HOST=0.0.0.0 \
     COPILOT_METRICS_PORT=9180
 
@@ -59,5 +64,5 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
 
 # mitmdump handles SIGTERM (docker stop) by shutting down cleanly: the daily summary is written and
 # the event log flushed. `exec` makes it PID 1's replacement, so it receives the signal.
-ENTRYPOINT ["/bin/sh", "-c", "exec copilot-proxy-insight --set \"copilot_data_dir=$COPILOT_DATA_DIR\" --set \"copilot_log_json=$COPILOT_LOG_JSON\" --set \"copilot_metrics_host=$COPILOT_METRICS_HOST\" --set \"copilot_metrics_port=$COPILOT_METRICS_PORT\" \"$@\"", "copilot-proxy-insight"]
+ENTRYPOINT ["/bin/sh", "-c", "exec copilot-proxy-insight --set \"listen_host=$COPILOT_LISTEN_HOST\" --set \"copilot_data_dir=$COPILOT_DATA_DIR\" --set \"copilot_log_json=$COPILOT_LOG_JSON\" --set \"copilot_metrics_host=$COPILOT_METRICS_HOST\" --set \"copilot_metrics_port=$COPILOT_METRICS_PORT\" \"$@\"", "copilot-proxy-insight"]
 CMD ["--set", "proxyauth=any"]

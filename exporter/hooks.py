@@ -17,6 +17,7 @@ from typing import Any
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy import version as mitmproxy_version
 
+from exporter import __version__
 from exporter.calls import CallTracker, Clock, Finished, TrackerOptions
 from exporter.classify import HostTable
 from exporter.dispatch import AuthFailure, Sink
@@ -25,6 +26,7 @@ from exporter.identity import proxy_user, pseudonym
 from exporter.options import BY_NAME, INTERCEPTION_OPTIONS, OPTIONS, parse_error
 from exporter.outputs import Outputs
 from exporter.settings import Settings, SettingsError, settings_from
+from exporter.startup import facts_from_options, startup_lines
 
 log = logging.getLogger("copilot_proxy_insight")
 
@@ -142,6 +144,16 @@ class CopilotInsight:
             return  # the options were refused; mitmdump is exiting
         self._running = True
         self.outputs.start(self.settings)
+        self._startup_report()
+
+    def _startup_report(self) -> None:
+        """What a new admin needs to point one IDE at the proxy, logged once it is up (exporter/startup.py)."""
+        proxyserver = ctx.master.addons.get("proxyserver")
+        bound = proxyserver.listen_addrs() if proxyserver is not None else ()
+        server = self.outputs.server
+        facts = facts_from_options(ctx.options, __version__, server.port if server is not None else None, bound)
+        for line in startup_lines(facts):
+            log.log(line.level, "copilot-proxy-insight: %s", line.text)
 
     def done(self) -> None:
         self._running = False

@@ -132,9 +132,9 @@ class Outputs:
                 f"cannot write to the data dir {os.path.abspath(settings.files.data_dir)}: {problem}",
                 level=logging.WARNING,
             )
-        self.start_metrics_server(settings.metrics)
+        self.start_metrics_server(settings.metrics, announce=False)  # the start-up summary says where it is
 
-    def start_metrics_server(self, endpoint: MetricsEndpoint) -> None:
+    def start_metrics_server(self, endpoint: MetricsEndpoint, announce: bool = True) -> None:
         self.stop_metrics_server()
         if endpoint.port == 0:
             return
@@ -156,8 +156,9 @@ class Outputs:
                 level=logging.WARNING,
             )
         else:
-            auth = " (basic auth)" if self.server.auth else ""
-            log.info("copilot-proxy-insight: /metrics on %s%s", self.server.url, auth)
+            if announce:
+                auth = " (basic auth)" if self.server.auth else ""
+                log.info("copilot-proxy-insight: /metrics on %s%s", self.server.url, auth)
 
     def stop_metrics_server(self) -> None:
         if self.server is not None:

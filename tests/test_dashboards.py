@@ -225,7 +225,7 @@ def test_usage_variables_are_chained() -> None:
         var = vars_[name]
         query = variable_query(var)
         assert var["definition"] == query
-        match = re.fullmatch(r"label_values\((\w+)(?:\{(.*)\})?,\s*(\w+)\)", query)
+        match = re.fullmatch(r"label_values\((\w*)(?:\{(.*)\})?,\s*(\w+)\)", query)
         assert match, query
         assert match.group(3) == name
         selector = match.group(2) or ""
@@ -234,15 +234,85 @@ def test_usage_variables_are_chained() -> None:
         assert var["includeAll"] and var["multi"] and var["allValue"] == ".*"
 
 
+def selector_metrics(selector: str) -> list[str]:
+    """Metric names a variable's series selector reads: `name{…}` or `{__name__=~"a|b"}`."""
+    match = re.fullmatch(r"([\w:]*)(?:\{(.*)\})?", selector.strip())
+    assert match, selector
+    if match.group(1):
+        return [match.group(1)]
+    names = re.fullmatch(r'__name__=~"([\w:|]+)"', (match.group(2) or "").strip())
+    assert names, f'{selector}: name the metrics, as name{{…}} or {{__name__=~"a|b"}}'
+    return names.group(1).split("|")
+
+
 @pytest.mark.parametrize("file", sorted(UIDS))
 def test_query_variables_read_existing_labels(file: str) -> None:
     known = metric_labels()
     for var in dashboards()[file]["templating"]["list"]:
         if var["type"] != "query":
             continue
-        match = re.fullmatch(r"label_values\(([\w:]+)(?:\{.*\})?,\s*(\w+)\)", variable_query(var))
+        match = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", variable_query(var))
         assert match, var["name"]
-        assert match.group(2) in known[match.group(1)], f"{match.group(1)} has no label {match.group(2)}"
+        for metric in selector_metrics(match.group(1)):
+            assert match.group(2) in known[metric], f"{metric} has no label {match.group(2)}"
+
+
+def test_selector_metrics_reads_both_forms() -> None:
+    assert selector_metrics('up{job=~"$job"}') == ["up"]
+    assert selector_metrics('{__name__=~"copilot_a_total|copilot_b_total"}') == ["copilot_a_total", "copilot_b_total"]
+    with pytest.raises(AssertionError):
+        selector_metrics('{user="x"}')
+
+
+def test_user_variable_lists_users_whose_every_call_failed(tmp_path: Path) -> None:
+    """carol only ever got errors: no counted interaction, yet she must be selectable."""
+    var = variables(dashboards()["copilot-usage.json"])["user"]
+    match = re.fullmatch(r"label_values\((.+),\s*user\)", variable_query(var))
+    assert match
+    series = [
+        {"series": series_line("copilot_requests_total", {"user": "alice", "kind": "completion"}), "values": "1x5"},
+        {"series": series_line("copilot_model_calls_total", {"user": "alice", "kind": "completion"}), "values": "1x5"},
+        {
+            "series": series_line("copilot_user_errors_total", {"user": "carol", "kind": "chat", "code": "429"}),
+            "values": "1x5",
+        },
+        {"series": series_line("copilot_client_info", {"user": "dave", "editor": "vscode"}), "values": "1x5"},
+    ]
+    rules_path = tmp_path / "user-variable.yaml"
+    rule = {"alert": "UserOffered", "expr": f"count by (user) ({match.group(1)}) > 0"}
+    rules_path.write_text(yaml.safe_dump({"groups": [{"name": "user-variable", "rules": [rule]}]}))
+    expected = [{"exp_labels": {"user": user}} for user in ("alice", "carol")]
+    unit_test = {
+        "rule_files": [str(rules_path)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": series,
+                "alert_rule_test": [{"eval_time": "2m", "alertname": "UserOffered", "exp_alerts": expected}],
+            }
+        ],
+    }
+    test_path = tmp_path / "user-variable-test.yaml"
+    test_path.write_text(yaml.safe_dump(unit_test, sort_keys=False))
+    result = run_promtool("test", "rules", str(test_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_health_dashboard_takes_the_job_from_a_variable() -> None:
+    """Scrape configs name the job as they like: no query may hard-code it."""
+    health = dashboards()["copilot-exporter-health.json"]
+    vars_ = variables(health)
+    job = vars_["job"]
+    assert variable_query(job) == "label_values(copilot_exporter_build_info, job)" == job["definition"]
+    # All = the jobs found, not `.*` (which would select Prometheus' other jobs in the Up panel too).
+    assert job["includeAll"] and job["multi"] and not job.get("allValue")
+    assert list(vars_).index("job") < list(vars_).index("instance")
+    assert 'job=~"$job"' in variable_query(vars_["instance"])
+    exprs = [expr for file, _where, expr, _instant in promql_queries() if file == "copilot-exporter-health.json"]
+    assert not [e for e in exprs if re.search(r'\bjob\s*=\s*"', e)], "a hard-coded job"
+    ups = [e for e in exprs if re.search(r"\bup\b", e)]
+    assert ups and all('job=~"$job"' in e for e in ups), ups
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,7 +364,7 @@ def test_queries_use_only_catalogue_metrics_and_their_labels() -> None:
     known = metric_labels()
     for file, where, expr, _instant in promql_queries():
         plain = substitute(expr, defined_variables(file))
-        names = metric_names(plain)
+        names = metric_names(plain) | {n for m in re.findall(r'__name__=~"([\w:|]+)"', plain) for n in m.split("|")}
         assert names, f"{file} {where}: no metric in {expr!r}"
         assert names <= allowed, f"{file} {where}: unknown metrics {names - allowed}"
         assert not label_problems(plain, known), f"{file} {where}: {label_problems(plain, known)}"

@@ -431,6 +431,9 @@ def test_exposes_the_proxy_and_metrics_ports_and_logs_json_to_stdout() -> None:
     assert sets["copilot_log_json"] == "both", "JSON lines on stdout (docker logs) and in the data volume"
     assert sets["copilot_data_dir"] == runtime.env()["COPILOT_DATA_DIR"]
     assert "listen_port" not in sets or sets["listen_port"] == "8080"
+    # The console script listens on loopback unless told otherwise; in a container that is unreachable.
+    assert sets["listen_host"] == "0.0.0.0", "the proxy must be reachable from outside the container"
+    assert image_command()[1] == ["--set", "proxyauth=any"], "listening on all interfaces needs proxyauth"
 
 
 def test_healthcheck_probes_the_open_healthz_endpoint() -> None:
@@ -447,11 +450,13 @@ def test_dockerignore_sends_the_sources_and_keeps_the_rest_out() -> None:
         sources += [w.rstrip("/") for w in words[:-1]]
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     needed = [project["project"]["readme"], "pyproject.toml"]
-    needed += [p.replace(".", "/") for p in project["tool"]["setuptools"]["packages"]]
+    needed += [p.rstrip(".*").replace(".", "/") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    # exporter/bundled/ holds symlinks to the top-level dashboards and rules: the wheel needs their targets.
+    needed += [os.path.relpath((REPO / "exporter" / "bundled" / d).resolve(), REPO) for d in ("alerts", "dashboards")]
     for path in needed:
         assert any(path == s or path.startswith(s + "/") for s in sources), f"{path} is not copied into the build"
     for src in sources:
-        files = [p for p in (REPO / src).rglob("*.py")] if (REPO / src).is_dir() else [REPO / src]
+        files = [p for p in (REPO / src).rglob("*") if p.is_file()] if (REPO / src).is_dir() else [REPO / src]
         assert files, src
         for f in files:
             rel = f.relative_to(REPO).as_posix()
@@ -483,10 +488,11 @@ def image_process(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dic
         "COPILOT_DATA_DIR": str(tmp_path / "data"),
         "COPILOT_METRICS_HOST": "127.0.0.1",
         "COPILOT_METRICS_PORT": str(ports["metrics"]),
+        "COPILOT_LISTEN_HOST": "127.0.0.1",
     }
     (tmp_path / "home").mkdir()
     entrypoint, cmd = image_command()
-    extra = ["--set", "listen_host=127.0.0.1", "--set", f"listen_port={ports['proxy']}"]
+    extra = ["--set", f"listen_port={ports['proxy']}"]
     extra += ["--set", "copilot_metrics_auth=scrape:secret"]
     out = open(tmp_path / "output.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([*entrypoint, *cmd, *extra], env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -56,8 +56,11 @@ def copilot_options() -> dict[str, Any]:
 
 
 def mitmproxy_options() -> dict[str, Any]:
-    """Every option of mitmdump with the addon (mitmproxy's default addons and copilot_*)."""
-    addons = [a for a in default_addons() if not isinstance(a, Core)]
+    """Every option of mitmdump with the addon (mitmproxy's default addons, mitmdump's own and copilot_*)."""
+    from mitmproxy.addons import dumper, termlog
+
+    # TermLog and Dumper are what mitmdump adds (termlog_verbosity, flow_detail).
+    addons = [a for a in default_addons() if not isinstance(a, Core)] + [termlog.TermLog(), dumper.Dumper()]
     with taddons.context(*addons, CopilotInsight()) as tctx:
         return dict(tctx.options.items())
 
@@ -590,6 +593,34 @@ def test_docs_name_the_pinned_stack_and_the_real_volumes() -> None:
     proxy = service(stack, PROXY_SERVICE)
     for mount in proxy["volumes"]:
         assert mount["target"] in text
+
+
+def test_commands_the_docs_name_exist() -> None:
+    """Every `copilot-proxy-insight <subcommand>` and `./dev <command>` in the README and the admin guide."""
+    from exporter.cli import SUBCOMMANDS
+
+    dev_commands = set(re.findall(r"^  ([a-z| -]+)\)$", (REPO / "dev").read_text(), re.M))
+    dev_known = {c.strip() for group in dev_commands for c in group.split("|")}
+    assert {"run", "test", "setup", "exec", "options", "rebuild", "export-config"} <= dev_known
+    for path in (REPO / "README.md", ADMIN):
+        text = path.read_text(encoding="utf-8")
+        # As commands are written: in inline code or at the start of a line in a code block.
+        subs = set(re.findall(r"(?:^|`)copilot-proxy-insight ([a-z][a-z-]*)\b", text, re.M))
+        assert subs, path.name
+        for sub in subs:
+            assert sub in SUBCOMMANDS, f"{path.name}: copilot-proxy-insight {sub} is no subcommand"
+        for command in re.findall(r"\./dev ([a-z][a-z-]*)", text):
+            assert command in dev_known, f"{path.name}: ./dev {command} is not a ./dev command"
+
+
+def test_the_readme_quick_start_says_it_is_loopback_only() -> None:
+    from exporter.cli import DEFAULTS
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    quick = text[text.index("## Quick start") : text.index("## What it counts")]
+    assert DEFAULTS["listen_host"] == "127.0.0.1"
+    assert "listens on 127.0.0.1 only" in quick and "OPEN PROXY" in quick
+    assert "--set listen_host=0.0.0.0" in quick and "proxyauth=" in quick
 
 
 def _main(argv: list[str]) -> int:

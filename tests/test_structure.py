@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 EXPORTER = Path(__file__).resolve().parent.parent / "exporter"
-# The mitmproxy adapters (addon script, hooks, flow adapters) and the launcher.
-MITMPROXY_MODULES = {"addon.py", "hooks.py", "flows.py", "cli.py"}
+# The mitmproxy adapters (addon script, hooks, flow adapters, the start-up summary that parses mitmproxy's
+# mode specs) and the launcher.
+MITMPROXY_MODULES = {"addon.py", "hooks.py", "flows.py", "startup.py", "cli.py"}
 MAX_CLASS_LINES = 300
 MAX_FUNCTION_LINES = 60
 

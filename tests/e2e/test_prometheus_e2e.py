@@ -43,6 +43,7 @@ import httpx
 import pytest
 import yaml
 
+from exporter.cli import RUNBOOK_BASE
 from tests import samples
 from tests.e2e.fakebackend import FakeCopilotBackend
 from tests.e2e.harness import Mitmdump, ProcessDied, free_port, proxy_client, send, wait_for
@@ -422,7 +423,14 @@ def substitute(expr: str, selected: Mapping[str, Sequence[str] | None], window_m
     return _VARIABLE.sub(value, expr)
 
 
-ALL: dict[str, Sequence[str] | None] = {"user": None, "editor": None, "language": None, "kind": None, "instance": None}
+ALL: dict[str, Sequence[str] | None] = {
+    "user": None,
+    "editor": None,
+    "language": None,
+    "kind": None,
+    "instance": None,
+    "job": None,
+}
 # A concrete selection on the usage dashboard: bob's Neovim Lua completions.
 BOB_NEOVIM_LUA: dict[str, Sequence[str] | None] = {
     "user": ["bob"],
@@ -750,7 +758,7 @@ def test_per_user_alerts_are_active_for_the_right_user(run: Run) -> None:
         assert alert["state"] in ("pending", "firing"), alert
         assert alert["labels"] == {"alertname": name, "user": "alice", "code": code, "severity": "warning"}
         assert alert["annotations"]["description"].startswith(f"alice has been answered {code} ")
-        assert alert["annotations"]["runbook_url"] == f"docs/alerts.md#{name.lower()}"
+        assert alert["annotations"]["runbook_url"] == f"{RUNBOOK_BASE}#{name.lower()}"
     for name, code in PER_KIND_ALERTS.items():
         assert {s["metric"]["kind"] for s in run.alert_exprs[name]} == {"chat_agent"}, name
         active = [a for a in run.alerts if a["labels"]["alertname"] == name]
