@@ -127,3 +127,21 @@ def vscode_headers(gz: bool = True) -> dict[str, str]:
 
 def ls_headers() -> dict[str, str]:
     return {"content-type": "application/json", "user-agent": "GithubCopilot/1.539.0"}
+
+
+def full_report() -> Any:
+    """A telemetry post's report touching every acceptance metric once (for tests over the whole table)."""
+    from exporter.acceptance import Suggestion, TelemetryReport
+
+    rid = "11111111-0000-4000-8000-0000000000ff"
+    return TelemetryReport(
+        events=(("standard", "ghostText.shown", 1),),
+        skipped=(("bad_envelope", 1),),
+        suggestions=(
+            Suggestion("shown", "completion", "vscode", "python", rid),
+            Suggestion("accepted", "completion", "vscode", "python", rid, chars=12, lines=1),
+            Suggestion("rejected", "next_edit", "vscode", "python", "nes-1"),
+            Suggestion("survival", "completion", "vscode", "python", rid, outcome="30s", still=True),
+            Suggestion("chat_edit", "chat_edit", "vscode", "python", None, outcome="accepted"),
+        ),
+    )
