@@ -145,3 +145,23 @@ def full_report() -> Any:
             Suggestion("chat_edit", "chat_edit", "vscode", "python", None, outcome="accepted"),
         ),
     )
+
+
+def telemetry_exchange(body: bytes, headers: dict[str, str], status: int = 200, rid: str = "tele-1") -> Any:
+    """A `POST /telemetry` as a sample Exchange (for the addon harness and the fake backend's scripts)."""
+    from tests.samples import Exchange, _expected
+
+    return Exchange(
+        name="telemetry_post",
+        method="POST",
+        scheme="https",
+        host=TELEMETRY_HOST,
+        path="/telemetry",
+        http_version="HTTP/1.1",
+        request_headers=(*headers.items(), ("x-request-id", rid)),
+        request_body=body,
+        status=status,
+        response_headers=(("content-type", "application/json"),),
+        response_body=b'{"itemsReceived":1,"itemsAccepted":1,"errors":[]}',
+        expected=_expected(kind="telemetry", counted=False, skip_reason="not_interaction"),
+    )

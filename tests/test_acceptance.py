@@ -20,7 +20,7 @@ from exporter.telemetry import ParsedPost, TelemetryFact, parse_post
 from tests import telemetry_samples as ts
 from tests.conftest import Harness
 from tests.factories import event
-from tests.samples import Exchange, _expected
+from tests.samples import Exchange
 
 R1, R2 = "11111111-0000-4000-8000-000000000001", "11111111-0000-4000-8000-000000000002"
 
@@ -240,23 +240,6 @@ def test_observations_of_a_telemetry_post() -> None:
 # -- through the addon: the post passes untouched, metrics, log line, summaries, rebuild ----------------------
 
 
-def telemetry_exchange(body: bytes, headers: dict[str, str], status: int = 200, rid: str = "tele-1") -> Exchange:
-    return Exchange(
-        name="telemetry_post",
-        method="POST",
-        scheme="https",
-        host=ts.TELEMETRY_HOST,
-        path="/telemetry",
-        http_version="HTTP/1.1",
-        request_headers=(*headers.items(), ("x-request-id", rid)),
-        request_body=body,
-        status=status,
-        response_headers=(("content-type", "application/json"),),
-        response_body=b'{"itemsReceived":1,"itemsAccepted":1,"errors":[]}',
-        expected=_expected(kind="telemetry", counted=False, skip_reason="not_interaction"),
-    )
-
-
 def _day_posts() -> list[tuple[str, Exchange]]:
     # Decoded: mitmproxy's Request.make gzips it again for the Content-Encoding: gzip header.
     vscode = ts.ndjson(
@@ -288,8 +271,8 @@ def _day_posts() -> list[tuple[str, Exchange]]:
         ]
     )
     return [
-        ("alice", telemetry_exchange(vscode, ts.vscode_headers(), rid="t1")),
-        ("bob", telemetry_exchange(ls, ts.ls_headers(), rid="t2")),
+        ("alice", ts.telemetry_exchange(vscode, ts.vscode_headers(), rid="t1")),
+        ("bob", ts.telemetry_exchange(ls, ts.ls_headers(), rid="t2")),
     ]
 
 
@@ -297,7 +280,7 @@ def test_posts_through_the_addon_reach_metrics_log_summary_and_rebuild(harness: 
     for user, ex in _day_posts():
         f = harness.flow(ex, user=user)  # asserts the request is unchanged
         assert f.request.content == ex.request_body
-    refused = telemetry_exchange(ts.array([ts.ghost("shown", "never")]), ts.ls_headers(), status=503, rid="t3")
+    refused = ts.telemetry_exchange(ts.array([ts.ghost("shown", "never")]), ts.ls_headers(), status=503, rid="t3")
     harness.flow(refused, user="bob")
     s = harness.sample
     assert (
@@ -413,7 +396,7 @@ def test_an_undecodable_post_is_counted() -> None:
     from tests.test_calls import FakeClock, _meta, _tracker
 
     tracker, failures = _tracker(FakeClock())
-    ex = telemetry_exchange(b"", ts.vscode_headers())
+    ex = ts.telemetry_exchange(b"", ts.vscode_headers())
     for i, (raw, reason) in enumerate([(b"\x1f\x8bnot gzip at all", "malformed_body"), (b"[1]", "bad_envelope")]):
         tracker.start(f"f{i}", _meta(ex, HostRole.TELEMETRY))
         assert tracker.wants_body(f"f{i}")
