@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.identity import identify
-from exporter.labels import UNKNOWN, LabelBounds
+from exporter.labels import OTHER, UNKNOWN, LabelBounds
 from exporter.telemetry import CHAT_EDIT_OUTCOMES, STORES, SURVIVAL_AFTER, ParsedPost, TelemetryFact
 
 KEY_TTL_S = 15 * 60  # longer than the last stillInCode check (10 min after the accept)
@@ -102,6 +102,7 @@ class AcceptanceState:
         self.clock = clock
         self.max_keys = max_keys
         self._keys: OrderedDict[tuple[str, str, str, int], _Key] = OrderedDict()
+        self._editors: dict[tuple[str | None, str | None], str | None] = {}  # a few distinct values per fleet
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -134,7 +135,7 @@ class AcceptanceState:
         self._expire(now)
         out: list[Suggestion] = []
         for fact in post.facts:
-            editor = _editor(fact, bounds) or fallback_editor
+            editor = self._editor(fact, bounds) or fallback_editor
             language = bounds.language(fact.language)
             if fact.signal == "chat_edit":
                 out.append(Suggestion("chat_edit", "chat_edit", editor, language, None, outcome=fact.outcome))
@@ -146,6 +147,18 @@ class AcceptanceState:
             state = self._key(user, kind, fact, editor, language, now)
             out.extend(_keyed(fact, kind, state))
         return TelemetryReport(post.events, post.skipped, tuple(s for s in out if s.n or s.chars or s.lines))
+
+    def _editor(self, fact: TelemetryFact, bounds: LabelBounds) -> str | None:
+        """The editor label the event names (cached: every event of a client repeats the same strings)."""
+        key = (fact.editor_version, fact.plugin_version)
+        if key in self._editors:
+            return self._editors[key]
+        found = _editor(fact, bounds)
+        if found != OTHER:  # a fold is counted each time, like a fold of any other label value
+            if len(self._editors) >= 1000:
+                self._editors.clear()
+            self._editors[key] = found
+        return found
 
 
 def _editor(fact: TelemetryFact, bounds: LabelBounds) -> str | None:

@@ -164,7 +164,9 @@ def test_too_many_envelopes_are_cut_at_the_cap() -> None:
     body = ts.ndjson([ts.ghost("shown", f"r{i}") for i in range(t.MAX_ENVELOPES + 5)], gz=False)
     post = parse_post(body)
     assert len(post.facts) == t.MAX_ENVELOPES
-    assert post.skipped == (("too_many_events", 1),)
+    assert post.skipped == (("too_many_events", 5),)
+    array = parse_post(ts.array([ts.ghost("shown", f"r{i}") for i in range(t.MAX_ENVELOPES + 3)]))
+    assert len(array.facts) == t.MAX_ENVELOPES and array.skipped == (("too_many_events", 3),)
 
 
 @pytest.mark.parametrize(
