@@ -420,7 +420,7 @@ class Bench:
         p1 = proc_cpu(pid) if pid else 0.0
         b1 = proc_cpu(self.backend.pid)
         target.counted_sent += result.counted
-        target.calls_sent += result.ok
+        target.calls_sent += result.model_calls
         n = max(1, result.ok)
         run = Run(
             config=target.name,

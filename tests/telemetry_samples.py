@@ -110,7 +110,7 @@ def captured(request_id: str) -> dict[str, Any]:
 def ndjson(envelopes: list[dict[str, Any]], gz: bool = True) -> bytes:
     """VS Code's body: newline-delimited envelopes, gzip-compressed (Content-Encoding: gzip)."""
     body = "".join(json.dumps(e) + "\n" for e in envelopes).encode()
-    return gzip.compress(body) if gz else body
+    return gzip.compress(body, mtime=0) if gz else body
 
 
 def array(envelopes: list[dict[str, Any]]) -> bytes:
