@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter import telemetry as t
 from exporter.telemetry import ENHANCED_IKEY, TelemetryFact, event_suffix, parse_post, redacted_for_recording
@@ -210,3 +212,53 @@ def test_recording_body_drops_the_enhanced_store_and_code_properties() -> None:
     assert accepted["tags"] == "[dropped]"
     assert turn["data"]["baseData"]["properties"]["messageText"] == "[dropped]"
     assert redacted_for_recording(b"garbage") == {"dropped": "malformed_body"}
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=40),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+_NAMES = st.sampled_from(["copilot/ghostText.accepted", "agent/ghostText.stillInCode", "copilot-chat/inline.done"])
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=300, deadline=None)
+def test_arbitrary_bytes_never_raise(body: bytes) -> None:
+    post = parse_post(body)
+    assert all(reason in t.SKIP_REASONS for reason, _ in post.skipped)
+
+
+@given(
+    st.lists(
+        st.builds(
+            lambda n, p, m: ts.envelope(n, p, m),
+            _NAMES,
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "headerRequestId",
+                        "choiceIndex",
+                        "languageId",
+                        "compType",
+                        "timeout",
+                        "stillInCodeHeuristic",
+                        "accepted",
+                    ]
+                ),
+                _JSON,
+                max_size=6,
+            ),
+            st.dictionaries(st.sampled_from(["compCharLen", "numLines", "timeout", "accepted"]), _JSON),
+        ),
+        max_size=5,
+    )
+)
+@settings(max_examples=300, deadline=None)
+def test_hostile_envelope_fields_give_bounded_facts(envs: list[dict[str, Any]]) -> None:
+    for shape in (ts.array(envs), ts.ndjson(envs, gz=False)):
+        for fact in parse_post(shape).facts:
+            assert 0 <= fact.chars <= t.MAX_NUMBER and 0 <= fact.lines <= t.MAX_NUMBER
+            assert 0 <= fact.choice <= t.MAX_CHOICE
+            for text in (fact.request_id, fact.language, fact.editor_version):
+                assert text is None or (len(text) <= 128 and not any(ord(c) < 32 or ord(c) == 127 for c in text))
