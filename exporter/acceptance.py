@@ -235,10 +235,13 @@ def _ratio(counts: Mapping[str, int]) -> float | None:
     return round(counts.get("accepted", 0) / shown, 4) if shown else None
 
 
-def _rollup(detail: Mapping[str, Any], level: int) -> dict[str, dict[str, Any]]:
-    """detail[kind][editor][language][count] summed by one level (0 kind, 1 editor, 2 language)."""
+def _rollup(detail: Mapping[str, Any], level: int, kind_only: str | None = None) -> dict[str, dict[str, Any]]:
+    """detail[kind][editor][language][count] summed by one level (0 kind, 1 editor, 2 language), over one
+    kind or all."""
     out: dict[str, dict[str, Any]] = {}
     for kind, editors in detail.items():
+        if kind_only is not None and kind != kind_only:
+            continue
         for editor, languages in editors.items():
             for language, counts in languages.items():
                 key = (kind, editor, language)[level]
@@ -300,13 +303,15 @@ class AcceptanceTally:
         _merge(self.survival, doc.get("code_survival"), 2)
 
     def to_doc(self) -> dict[str, Any]:
-        totals = {name: sum(c[name] for c in _rollup(self.detail, 0).values()) for name in COUNTS}
+        """The top level, by_editor and by_language are of ghost-text completions (GitHub's code completion
+        feature, what the report and reconcile tools read); next edits are in by_kind."""
+        by_kind = _rollup(self.detail, 0)
+        completions = by_kind.get("completion") or {**dict.fromkeys(COUNTS, 0), "ratio": None}
         return {
-            **totals,
-            "ratio": _ratio(totals),
-            "by_kind": _rollup(self.detail, 0),
-            "by_editor": _rollup(self.detail, 1),
-            "by_language": _rollup(self.detail, 2),
+            **completions,
+            "by_kind": by_kind,
+            "by_editor": _rollup(self.detail, 1, "completion"),
+            "by_language": _rollup(self.detail, 2, "completion"),
             "chat_edits": dict(self.chat_edits),
             "code_survival": {k: dict(v) for k, v in self.survival.items()},
             "telemetry_events": dict(self.events),

@@ -423,3 +423,24 @@ def test_fact_dataclass_is_frozen() -> None:
     fact = TelemetryFact("shown", "standard")
     with pytest.raises(AttributeError):
         fact.signal = "accepted"  # type: ignore[misc]
+
+
+def test_top_level_by_editor_and_by_language_are_completions_next_edits_by_kind() -> None:
+    report = TelemetryReport(
+        events=(("standard", "ghostText.shown", 5),),
+        suggestions=(
+            Suggestion("shown", "completion", "vscode", "python", R1, n=2),
+            Suggestion("accepted", "completion", "vscode", "python", R1, chars=4, lines=1),
+            Suggestion("shown", "next_edit", "neovim", "lua", R2, n=3),
+            Suggestion("accepted", "next_edit", "neovim", "lua", R2, n=3),
+        ),
+    )
+    tally = AcceptanceTally()
+    tally.add(report.log())
+    doc = tally.to_doc()
+    assert (doc["shown"], doc["accepted"], doc["accepted_lines"], doc["ratio"]) == (2, 1, 1, 0.5)
+    assert doc["by_kind"]["next_edit"]["ratio"] == 1.0 and doc["by_kind"]["completion"]["ratio"] == 0.5
+    assert set(doc["by_editor"]) == {"vscode"} and set(doc["by_language"]) == {"python"}
+    nes_only = AcceptanceTally()
+    nes_only.add(TelemetryReport(events=report.events, suggestions=report.suggestions[2:]).log())
+    assert (nes_only.to_doc()["shown"], nes_only.to_doc()["ratio"]) == (0, None)
