@@ -16,8 +16,8 @@ and `addon_nolog` (the addon with its JSON log off). Phases, the configurations 
 rotates every round) and repeated, medians over the rounds reported:
 
   ttfb   streamed completions of 5 events 50 ms apart, 4 at a time: time to the first byte of the body
-  rps    the traffic mix (completions, agent turns and steps from 8 users) at concurrency 16, no backend
-         delay: requests per second, latency p50/p99, mitmdump CPU per request (/proc/<pid>/stat)
+  rps    the traffic mix (completions, agent turns and steps, telemetry posts, from 8 users) at concurrency 16, no
+         backend delay: requests per second, latency p50/p99, mitmdump CPU per request (/proc/<pid>/stat)
   soak   fresh `stream` and `addon_1k` processes: a warm-up, then 20,000 requests; RSS and CPU per
          request at every tenth (first vs last 10%, peak RSS)
 
@@ -420,7 +420,7 @@ class Bench:
         p1 = proc_cpu(pid) if pid else 0.0
         b1 = proc_cpu(self.backend.pid)
         target.counted_sent += result.counted
-        target.calls_sent += result.ok
+        target.calls_sent += result.model_calls
         n = max(1, result.ok)
         run = Run(
             config=target.name,

@@ -38,6 +38,7 @@ class LoadResult:
     ok: int = 0
     errors: int = 0
     counted: int = 0  # requests sent and answered that the addon must count
+    model_calls: int = 0  # of them, upstream model calls (not telemetry posts)
     by_name: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # seconds, request written -> answer complete
     ttfbs: list[float] = field(default_factory=list)  # seconds, request written -> first body byte
@@ -165,6 +166,8 @@ async def run_load(spec: LoadSpec, progress: Callable[[int], None] | None = None
                 result.by_name[tpl.name] = result.by_name.get(tpl.name, 0) + 1
                 if tpl.counted:
                     result.counted += 1
+                if tpl.model_call:
+                    result.model_calls += 1
                 if progress is not None:
                     progress(result.ok)
                 conn.used += 1

@@ -61,6 +61,7 @@ def build_flows(n: int, users: int, run: int = 1) -> list[tuple[http.HTTPFlow, h
                 v = interaction
             headers.append((k.encode(), v.encode()))
         f.request = http.Request.make(ex.method, ex.url, ex.request_body, headers)
+        f.request.raw_content = ex.request_body  # as sent (make() encodes for Content-Encoding: gzip again)
         f.metadata["proxyauth"] = (f"dev{i % users + 1:02d}", "pw")
         resp = http.Response.make(ex.status, b"", [(k.encode(), v.encode()) for k, v in ex.response_headers])
         out.append((f, resp, ex.response_chunks()))

@@ -1,7 +1,8 @@
 """The benchmark's Copilot traffic: real host names and paths, realistic bodies, one mix for every run.
 
 Requests are built from the samples of `tests/samples.py` (VS Code and JetBrains ghost-text
-completions, a VS Code agent-mode chat turn and its tool-loop step), with a fresh `x-request-id` per
+completions, a VS Code agent-mode chat turn and its tool-loop step) and a VS Code telemetry post (gzip
+NDJSON, `tests/telemetry_samples.py`), with a fresh `x-request-id` per
 request and a fresh `x-interaction-id` per chat turn, so the addon counts every completion and every
 turn once and skips every agent step. The fake backend answers from `EXCHANGES` (same host, path and
 body); the VS Code completion answer has 5 events.
@@ -14,6 +15,7 @@ import itertools
 from dataclasses import dataclass
 
 from tests import samples
+from tests import telemetry_samples as ts
 
 _CMPL = r'"id":"cmpl-FAKE000000000000000000001","created":1767220000,"model":"gpt-41-copilot"'
 _COMPLETION_EVENTS = (
@@ -42,17 +44,43 @@ JETBRAINS_COMPLETION = samples.JETBRAINS_COMPLETION
 AGENT_TURN = samples.VSCODE_AGENT_TURN
 AGENT_STEP = samples.VSCODE_AGENT_STEP
 
+
+def _telemetry_post() -> samples.Exchange:
+    """A VS Code telemetry batch as it follows a few completions: 8 shown, 4 accepted (2 of them partial
+    first), 2 rejected, 8 issued, 2 survival checks — 26 events, ~21 kB decoded, ~0.7 kB gzip."""
+    rids = [f"be7c7e1e-0000-4000-8000-{i:012x}" for i in range(8)]
+    envelopes = [ts.ghost("issued", r) for r in rids] + [ts.ghost("shown", r) for r in rids]
+    envelopes += [ts.ghost("accepted", r, chars=12, lines=1, comp_type="partial") for r in rids[:2]]
+    envelopes += [ts.ghost("accepted", r, chars=40, lines=2, comp_type="full") for r in rids[:4]]
+    envelopes += [ts.ghost("rejected", r) for r in rids[6:]]
+    envelopes += [ts.still_in_code(r, 30, True) for r in rids[:2]]
+    exchange: samples.Exchange = ts.telemetry_exchange(ts.ndjson(envelopes), ts.vscode_headers(), rid="x")
+    return dataclasses.replace(exchange, name="bench_telemetry")
+
+
+TELEMETRY = _telemetry_post()
+
 EXCHANGES: tuple[samples.Exchange, ...] = (
     VSCODE_COMPLETION,
     SLOW_COMPLETION,
     JETBRAINS_COMPLETION,
     AGENT_TURN,
     AGENT_STEP,
+    TELEMETRY,
 )
 
-# Per worker, repeated: what a few developers' editors send. 3 of 5 are ghost-text completions
-# (counted), 1 a user's agent-mode turn (counted), 1 its tool-loop step (skipped as agent_step).
-MIX: tuple[samples.Exchange, ...] = (VSCODE_COMPLETION, JETBRAINS_COMPLETION, AGENT_TURN, VSCODE_COMPLETION, AGENT_STEP)
+# Per worker, repeated: what a few developers' editors send. 3 of 6 are ghost-text completions
+# (counted), 1 a user's agent-mode turn (counted), 1 its tool-loop step (skipped as agent_step), 1 a
+# telemetry post (not a model call). One post per 3 completions is more often than a real client sends
+# them (VS Code batches its events for up to 15 s): the telemetry cost is not understated.
+MIX: tuple[samples.Exchange, ...] = (
+    VSCODE_COMPLETION,
+    JETBRAINS_COMPLETION,
+    AGENT_TURN,
+    VSCODE_COMPLETION,
+    AGENT_STEP,
+    TELEMETRY,
+)
 COUNTED = frozenset({VSCODE_COMPLETION.name, SLOW_COMPLETION.name, JETBRAINS_COMPLETION.name, AGENT_TURN.name})
 
 _SKIP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
@@ -68,6 +96,7 @@ class Template:
     body: bytes
     counted: bool
     new_interaction: bool  # a user turn starts a new interaction id; a step reuses the last one
+    model_call: bool = True  # telemetry posts are not model calls (copilot_model_calls_total)
 
     def render(self, rid: str, iid: str) -> bytes:
         return self.head.replace("{rid}", rid).replace("{iid}", iid).encode("latin-1") + self.body
@@ -93,6 +122,7 @@ def template(exchange: samples.Exchange) -> Template:
         body=exchange.request_body,
         counted=exchange.name in COUNTED,
         new_interaction=exchange.header("x-initiator") == "user",
+        model_call=exchange.path != "/telemetry",
     )
 
 

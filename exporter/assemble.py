@@ -101,4 +101,5 @@ def build_event(
         error=_error(call, resp, answer),
         prompt=call.facts.prompt if capture else None,
         completion=(answer.text or None) if capture and answer is not None else None,
+        telemetry=call.telemetry,
     )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter.acceptance import AcceptanceState, TelemetryReport
 from exporter.assemble import build_event
 from exporter.bodies import MAX_PARSE_BYTES, RequestFacts, parse_request
 from exporter.classify import MODEL_CALL_KINDS, HostRole, HostTable, Kind, chat_mode, refine_proxy_chat, route
@@ -27,6 +28,7 @@ from exporter.labels import LabelBounds
 from exporter.sinks.recorder import MAX_RECORDED_EVENTS, Recording, wants_recording
 from exporter.sse import BodyDecoder, BodyTooLarge, DecodeError, SSEDecoder, SSEEvent, inflate_capped
 from exporter.streams import AnswerParser, Shape, shape_for_path
+from exporter.telemetry import MAX_TELEMETRY_BYTES, parse_post, redacted_for_recording, skipped_post
 from exporter.writer import ErrorReporter
 
 log = logging.getLogger("copilot_proxy_insight")
@@ -120,6 +122,10 @@ class InFlightCall:
     streamed: bool = False
     first_content_at: float | None = None
     parse_error: str | None = None
+    # A telemetry post: its raw body (a reference, read only once the answer is in) and what it said.
+    telemetry_body: bytes | None = None
+    telemetry_encoding: str | None = None
+    telemetry: TelemetryReport | None = None
 
 
 @dataclass(slots=True)
@@ -194,6 +200,7 @@ class CallTracker:
         self.clients = ClientDirectory()
         self._calls: dict[str, InFlightCall] = {}
         self._sockets: dict[str, _Socket] = {}
+        self.acceptance = AcceptanceState(clock)
 
     def __len__(self) -> int:
         return len(self._calls) + len(self._sockets)
@@ -240,11 +247,15 @@ class CallTracker:
 
     def wants_body(self, flow_id: str) -> bool:
         call = self._calls.get(flow_id)
-        return call is not None and call.kind in MODEL_CALL_KINDS
+        return call is not None and (call.kind in MODEL_CALL_KINDS or call.kind is Kind.TELEMETRY)
 
     def request_body(self, flow_id: str, raw: bytes | None, content_encoding: str | None) -> None:
         """The request body (raw, as sent): decoded with a cap, then parsed into RequestFacts."""
         call = self._calls.get(flow_id)
+        if call is not None and call.kind is Kind.TELEMETRY:
+            # Only a reference: the post goes upstream at once and is read when its answer is in.
+            call.telemetry_body, call.telemetry_encoding = raw, content_encoding
+            return
         if call is None or call.kind not in MODEL_CALL_KINDS:
             return
         try:
@@ -345,7 +356,29 @@ class CallTracker:
             for host in self.hosts.learn(doc.get("endpoints")):
                 log.info("copilot-proxy-insight: learned Copilot host %s", host)
 
+    def _read_telemetry(self, call: InFlightCall, resp: ResponseMeta) -> None:
+        """A telemetry post the backend took (2xx; a refused one is sent again): its acceptance increments."""
+        raw, call.telemetry_body = call.telemetry_body, None
+        if not raw or resp.status is None or not 200 <= resp.status < 300:
+            return
+        try:
+            body = _decoded(raw, call.telemetry_encoding, MAX_TELEMETRY_BYTES)
+        except DecodeError as e:
+            post = skipped_post("too_large" if "over" in str(e) else "malformed_body")
+        else:
+            post = parse_post(body)
+            if self.options.record and self.options.record_telemetry:
+                call.request_text = None
+                call.facts = RequestFacts(parsed=redacted_for_recording(body))
+        editor = self.bounds.editor(call.client.editor)
+        call.telemetry = self.acceptance.report(post, call.meta.user, editor, self.bounds)
+
     def _finished(self, call: InFlightCall, resp: ResponseMeta) -> Finished:
+        if call.kind is Kind.TELEMETRY:
+            try:
+                self._read_telemetry(call, resp)
+            except Exception as e:  # a bug here must not lose the post's own event
+                self.errors.failed("telemetry", e)
         event = build_event(call, resp, self.counter, self.bounds, self.clock(), self.options.capture)
         recording = None
         if self.options.record and wants_recording(event.kind, self.options.record_telemetry):

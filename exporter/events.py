@@ -6,8 +6,11 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
+from exporter.acceptance import TelemetryReport
+
 COUNTED_EVENT = "copilot.request"
 SKIPPED_EVENT = "copilot.skipped"
+TELEMETRY_EVENT = "copilot.telemetry"  # a telemetry post the exporter read (its acceptance increments)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class UsageEvent:
     error: str | None = None
     prompt: str | None = None  # only with content capture on
     completion: str | None = None  # only with content capture on
+    telemetry: TelemetryReport | None = None  # a telemetry post's events and acceptance increments
 
     @property
     def day(self) -> str:
@@ -57,6 +61,8 @@ class UsageEvent:
 
     @property
     def name(self) -> str:
+        if self.telemetry is not None:
+            return TELEMETRY_EVENT
         return COUNTED_EVENT if self.counted else SKIPPED_EVENT
 
     def log_fields(self) -> dict[str, Any]:
@@ -67,6 +73,10 @@ class UsageEvent:
             del out["prompt"]
         if self.completion is None:
             del out["completion"]
+        if self.telemetry is None:
+            del out["telemetry"]
+        else:
+            out["telemetry"] = self.telemetry.log()
         return out
 
 

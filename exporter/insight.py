@@ -3,7 +3,8 @@
 Versioned (`schema_version`) and documented in docs/reference.md. It holds every model call and every counted
 interaction of the UTC day: interactions by kind, editor and language; model calls by kind, model and
 initiator; tokens by kind, model and type; failed model calls by kind and code; skipped model calls by kind
-and reason. Built from events live, and from JSON log lines by the rebuild, with the same rule.
+and reason; and, per user, `acceptance` from the clients' telemetry posts (null when none was seen that
+day). Built from events live, and from JSON log lines by the rebuild, with the same rule.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from exporter.acceptance import AcceptanceTally
 from exporter.events import UsageEvent
 
 SCHEMA_VERSION = 1
@@ -46,6 +48,7 @@ class InsightDay:
     def __init__(self, day: str) -> None:
         self.day = day
         self.users: dict[str, dict[str, Any]] = {}
+        self.acceptance: dict[str, AcceptanceTally] = {}
 
     def _user(self, user: str) -> dict[str, Any]:
         entry = self.users.get(user)
@@ -57,9 +60,14 @@ class InsightDay:
         """Adds one call given as its JSON log fields (a UsageEvent's `log_fields()` or a parsed log line)."""
         counted = rec.get("counted") is True
         model_call = rec.get("model_call") is True
+        telemetry = rec.get("telemetry")
+        user = _text(rec.get("user"), "anonymous")
+        if isinstance(telemetry, dict):
+            self._user(user)
+            self._tally(user).add(telemetry)
         if not (counted or model_call):
-            return False
-        entry = self._user(_text(rec.get("user"), "anonymous"))
+            return isinstance(telemetry, dict)
+        entry = self._user(user)
         totals = entry["totals"]
         kind = _text(rec.get("kind"), "unknown")
         if counted:
@@ -86,9 +94,16 @@ class InsightDay:
             totals["skipped"] += 1
         return True
 
+    def _tally(self, user: str) -> AcceptanceTally:
+        tally = self.acceptance.get(user)
+        if tally is None:
+            tally = self.acceptance[user] = AcceptanceTally()
+        return tally
+
     def add_event(self, event: UsageEvent) -> bool:
         return self.add(
             {
+                "telemetry": event.telemetry.log() if event.telemetry is not None else None,
                 "user": event.user,
                 "counted": event.counted,
                 "model_call": event.model_call,
@@ -119,6 +134,8 @@ class InsightDay:
                 mine["totals"][key] += _int(totals.get(key)) if isinstance(totals, dict) else 0
             for section in _SECTIONS:
                 _merge_tree(mine[section], entry.get(section))
+            if isinstance(entry.get("acceptance"), dict):
+                self._tally(str(user)).merge(entry["acceptance"])
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(TOTAL_KEYS, 0)
@@ -127,8 +144,14 @@ class InsightDay:
                 out[key] += entry["totals"][key]
         return out
 
+    def _acceptance_doc(self, user: str) -> dict[str, Any] | None:
+        """null, not zeros, for a user whose telemetry was not seen: unknown acceptance is not 0 %."""
+        tally = self.acceptance.get(user)
+        return tally.to_doc() if tally is not None and tally.seen else None
+
     def to_doc(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "day": self.day, "totals": self.totals(), "users": self.users}
+        users = {user: {**entry, "acceptance": self._acceptance_doc(user)} for user, entry in self.users.items()}
+        return {"schema_version": SCHEMA_VERSION, "day": self.day, "totals": self.totals(), "users": users}
 
     def to_json(self) -> str:
         return json.dumps(self.to_doc(), indent=4, ensure_ascii=False)

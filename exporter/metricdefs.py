@@ -238,6 +238,94 @@ BUILD_INFO = MetricDef(
     "Always 1; labels carry the exporter and mitmproxy versions.",
 )
 
+# -- acceptance, from Copilot's own telemetry posts (docs/acceptance.md) ---------------------------------------
+_SUGGESTION_LABELS = ("user", "editor", "language", "kind")
+_SUGGESTION_ATTRIBUTES = ("enduser.id", "copilot.editor", "copilot.language", "copilot.kind")
+SUGGESTIONS_SHOWN = MetricDef(
+    "copilot_suggestions_shown",
+    MetricType.COUNTER,
+    _SUGGESTION_LABELS,
+    "Suggestions the editor displayed, from Copilot's telemetry (ghost text once per request id and choice; "
+    "next edits shown), kind completion or next_edit.",
+    otel_name="copilot.suggestions.shown",
+    otel_attributes=_SUGGESTION_ATTRIBUTES,
+    otel_unit="{suggestion}",
+)
+SUGGESTIONS_ACCEPTED = MetricDef(
+    "copilot_suggestions_accepted",
+    MetricType.COUNTER,
+    _SUGGESTION_LABELS,
+    "Suggestions the user accepted, fully or in part, from Copilot's telemetry (once per request id and choice).",
+    otel_name="copilot.suggestions.accepted",
+    otel_attributes=_SUGGESTION_ATTRIBUTES,
+    otel_unit="{suggestion}",
+)
+SUGGESTIONS_REJECTED = MetricDef(
+    "copilot_suggestions_rejected",
+    MetricType.COUNTER,
+    _SUGGESTION_LABELS,
+    "Suggestions the user dismissed without accepting any part, from Copilot's telemetry.",
+    otel_name="copilot.suggestions.rejected",
+    otel_attributes=_SUGGESTION_ATTRIBUTES,
+    otel_unit="{suggestion}",
+)
+ACCEPTED_CHARS = MetricDef(
+    "copilot_suggestion_accepted_chars",
+    MetricType.COUNTER,
+    ("user", "editor", "language"),
+    "Characters of accepted completions: per request id and choice, the largest cumulative partial accept.",
+    otel_name="copilot.suggestion.accepted_chars",
+    otel_attributes=("enduser.id", "copilot.editor", "copilot.language"),
+    otel_unit="{char}",
+)
+ACCEPTED_LINES = MetricDef(
+    "copilot_suggestion_accepted_lines",
+    MetricType.COUNTER,
+    ("user", "editor", "language"),
+    "Lines of accepted completions: per request id and choice, the largest cumulative partial accept.",
+    otel_name="copilot.suggestion.accepted_lines",
+    otel_attributes=("enduser.id", "copilot.editor", "copilot.language"),
+    otel_unit="{line}",
+)
+CODE_SURVIVAL = MetricDef(
+    "copilot_code_survival",
+    MetricType.COUNTER,
+    ("user", "editor", "language", "after", "still_in_code"),
+    "Checks of accepted completions 30s, 5m and 10m after the accept: whether the code was still in the file.",
+    otel_name="copilot.code_survival",
+    otel_attributes=("enduser.id", "copilot.editor", "copilot.language", "copilot.after", "copilot.still_in_code"),
+    otel_unit="{check}",
+)
+CHAT_EDIT_DECISIONS = MetricDef(
+    "copilot_chat_edit_decisions",
+    MetricType.COUNTER,
+    ("user", "editor", "language", "outcome"),
+    "Chat, agent and inline chat edit decisions the client reports (accepted, rejected, saved).",
+    otel_name="copilot.chat_edit_decisions",
+    otel_attributes=("enduser.id", "copilot.editor", "copilot.language", "copilot.outcome"),
+    otel_unit="{decision}",
+)
+TELEMETRY_EVENTS = MetricDef(
+    "copilot_telemetry_events",
+    MetricType.COUNTER,
+    ("user", "store", "event"),
+    "Copilot telemetry events read from the clients' telemetry posts, by store (standard, enhanced, other) "
+    "and event; a user without them has unknown acceptance.",
+    otel_name="copilot.telemetry.events",
+    otel_attributes=("enduser.id", "copilot.telemetry.store", "copilot.telemetry.event"),
+    otel_unit="{event}",
+)
+TELEMETRY_SKIPPED = MetricDef(
+    "copilot_telemetry_skipped",
+    MetricType.COUNTER,
+    ("reason",),
+    "Telemetry posts or envelopes not read (too_large, malformed_body, bad_envelope, too_many_events); "
+    "the posts still pass unchanged.",
+    otel_name="copilot.telemetry.skipped",
+    otel_attributes=("copilot.telemetry.skip_reason",),
+    otel_unit="{envelope}",
+)
+
 METRICS: tuple[MetricDef, ...] = (
     REQUESTS,
     MODEL_CALLS,
@@ -252,6 +340,15 @@ METRICS: tuple[MetricDef, ...] = (
     EXPORTER_ERRORS,
     LABEL_OVERFLOWS,
     BUILD_INFO,
+    SUGGESTIONS_SHOWN,
+    SUGGESTIONS_ACCEPTED,
+    SUGGESTIONS_REJECTED,
+    ACCEPTED_CHARS,
+    ACCEPTED_LINES,
+    CODE_SURVIVAL,
+    CHAT_EDIT_DECISIONS,
+    TELEMETRY_EVENTS,
+    TELEMETRY_SKIPPED,
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exporter import metricdefs as md
+from exporter.acceptance import TelemetryReport
 from exporter.classify import CHAT_KINDS, Kind
 from exporter.events import UsageEvent
 
@@ -71,4 +72,35 @@ def observations(event: UsageEvent) -> list[Observation]:
             out.append(Observation(md.TOKENS, event.input_tokens, (user, kind, model, "input"), genai))
         if event.output_tokens:
             out.append(Observation(md.TOKENS, event.output_tokens, (user, kind, model, "output"), genai))
+    if event.telemetry is not None:
+        out.extend(telemetry_observations(user, event.telemetry))
+    return out
+
+
+_COUNTED_SIGNALS = {
+    "shown": md.SUGGESTIONS_SHOWN,
+    "accepted": md.SUGGESTIONS_ACCEPTED,
+    "rejected": md.SUGGESTIONS_REJECTED,
+}
+
+
+def telemetry_observations(user: str, report: TelemetryReport) -> list[Observation]:
+    """What one telemetry post adds: its events, what was skipped, and the acceptance increments."""
+    out = [Observation(md.TELEMETRY_EVENTS, n, (user, store, name)) for store, name, n in report.events]
+    out.extend(Observation(md.TELEMETRY_SKIPPED, n, (reason,)) for reason, n in report.skipped)
+    for s in report.suggestions:
+        place = (user, s.editor, s.language)
+        metric = _COUNTED_SIGNALS.get(s.signal)
+        if metric is not None:
+            if s.n:
+                out.append(Observation(metric, s.n, (*place, s.kind)))
+            if s.signal == "accepted" and s.kind == "completion":
+                if s.chars:
+                    out.append(Observation(md.ACCEPTED_CHARS, s.chars, place))
+                if s.lines:
+                    out.append(Observation(md.ACCEPTED_LINES, s.lines, place))
+        elif s.signal == "survival" and s.outcome is not None and s.still is not None:
+            out.append(Observation(md.CODE_SURVIVAL, s.n, (*place, s.outcome, "true" if s.still else "false")))
+        elif s.signal == "chat_edit" and s.outcome is not None:
+            out.append(Observation(md.CHAT_EDIT_DECISIONS, s.n, (*place, s.outcome)))
     return out

@@ -160,6 +160,7 @@ def json_type(annotation: Any) -> str:
     text = str(annotation)
     nullable = "None" in text
     for marker, name in (
+        ("TelemetryReport", "object"),
         ("tuple", "array of strings"),
         ("bool", "boolean"),
         ("int", "integer"),
@@ -458,6 +459,7 @@ ES_TYPES = {
     "number": {"double", "float", "scaled_float"},
     "boolean": {"boolean"},
     "array of strings": {"keyword"},
+    "object": {"flattened", "object"},
 }
 
 

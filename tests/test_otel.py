@@ -37,7 +37,7 @@ from exporter.settings import OtelOptions
 from exporter.sinks import otel
 from exporter.sinks.otel import OtelSink
 from exporter.sinks.prometheus import PrometheusSink
-from tests import samples
+from tests import samples, telemetry_samples
 from tests.conftest import Harness
 from tests.e2e.harness import closed_port
 from tests.factories import Driven, chat, event
@@ -142,6 +142,7 @@ def test_every_otel_instrument_of_the_table_is_exported(o: Otel) -> None:
     o.sink.handle(event())
     o.sink.handle(event(counted=False, skip_reason="speculative"))
     o.sink.handle(event(counted=False, skip_reason="http_error", status=429))
+    o.sink.handle(event(kind="telemetry", model_call=False, counted=False, telemetry=telemetry_samples.full_report()))
     o.sink.health(AuthFailure())
     o.sink.health(ExporterError("jsonlog"))
     small = make(max_users=1)

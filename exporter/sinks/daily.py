@@ -234,7 +234,7 @@ class DailySink:
 
     def handle(self, item: Emitted) -> None:
         event = item.event
-        if not (event.counted or event.model_call):
+        if not (event.counted or event.model_call or event.telemetry is not None):
             return
         with self._lock:
             for book in self._books:

@@ -102,8 +102,11 @@ class _LineSink:
 
 
 def logged(event: UsageEvent, log_skipped: bool) -> bool:
-    """Counted calls always; skipped ones that were model calls or failed, unless `log_skipped` is off."""
-    return event.counted or (log_skipped and (event.model_call or (event.status or 0) >= 400))
+    """Counted calls always; skipped ones that were model calls or failed, unless `log_skipped` is off.
+    Telemetry posts that were read always: the daily rebuild reproduces acceptance from their lines."""
+    if event.counted or event.telemetry is not None:
+        return True
+    return log_skipped and (event.model_call or (event.status or 0) >= 400)
 
 
 def _same_file(f: IO[str], path: Path) -> bool:

@@ -486,10 +486,14 @@ def test_full_traffic_json_log(full_run: FullRun) -> None:
     records = full_run.log
     by_rid: dict[str, list[dict[str, Any]]] = {}
     for r in records:
-        by_rid.setdefault(r["request_id"], []).append(r)
+        if r["event"] != "copilot.telemetry":
+            by_rid.setdefault(r["request_id"], []).append(r)
     model_calls = [c for c in full_run.calls if c.expected["kind"] in MODEL_CALL_KINDS]
-    # One line per model call (counted or skipped); telemetry and token exchanges are not model calls.
+    # One line per model call (counted or skipped); token exchanges are not model calls. Telemetry posts have
+    # their own copilot.telemetry lines (docs/acceptance.md).
     assert sorted(by_rid) == sorted(c.rid for c in model_calls)
+    telemetry = sorted(c.rid for c in full_run.calls if c.expected["kind"] == "telemetry")
+    assert sorted(r["request_id"] for r in records if r["event"] == "copilot.telemetry") == telemetry
     for call in model_calls:
         exp = call.expected
         [rec] = by_rid[call.rid]
@@ -802,7 +806,7 @@ def test_restart_in_the_middle_of_the_day_continues_the_summary_and_log(tmp_path
     assert sum(d["total_chat_turns"] for d in docs) == 1 + 1
     records = read_log(data)
     model_rids = {c.rid for c in first + second if c.expected["kind"] in MODEL_CALL_KINDS}
-    assert sorted(r["request_id"] for r in records) == sorted(model_rids)
+    assert sorted(r["request_id"] for r in records if r["event"] != "copilot.telemetry") == sorted(model_rids)
     assert log_request_counts(records) == expected_requests(first + second)
     # Appended, not rewritten: the first run's lines are still there, first.
     lines_now = [p.read_text() for p in sorted((data / "events").glob("*.jsonl"))]
