@@ -173,12 +173,6 @@ def _header(headers: Mapping[str, str], name: str, limit: int = 128) -> str | No
     return clean(headers.get(name), limit)
 
 
-def _decoded(raw: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undoes Content-Encoding in pieces with a cap (a 500-byte brotli body can inflate to gigabytes): never
-    more than the cap and one piece in memory; BodyTooLarge past it."""
-    return inflate_capped(raw, encoding, limit)
-
-
 class CallTracker:
     """Owns every Copilot call in flight, keyed by flow id; returns each finished call once."""
 
@@ -259,7 +253,7 @@ class CallTracker:
         if call is None or call.kind not in MODEL_CALL_KINDS:
             return
         try:
-            body = _decoded(raw, content_encoding, MAX_PARSE_BYTES) if raw else raw
+            body = inflate_capped(raw, content_encoding, MAX_PARSE_BYTES) if raw else raw
         except DecodeError as e:
             call.facts = RequestFacts(error="body_too_large" if isinstance(e, BodyTooLarge) else "malformed_body")
             return
@@ -326,7 +320,7 @@ class CallTracker:
         if not resp.body:
             return
         try:
-            body = _decoded(resp.body, resp.content_encoding, MAX_JSON_RESPONSE)
+            body = inflate_capped(resp.body, resp.content_encoding, MAX_JSON_RESPONSE)
         except DecodeError as e:
             if not isinstance(e, BodyTooLarge):
                 call.parse_error = f"content-encoding: {e}"[:200]
@@ -362,7 +356,7 @@ class CallTracker:
         if not raw or resp.status is None or not 200 <= resp.status < 300:
             return
         try:
-            body = _decoded(raw, call.telemetry_encoding, MAX_TELEMETRY_BYTES)
+            body = inflate_capped(raw, call.telemetry_encoding, MAX_TELEMETRY_BYTES)
         except DecodeError as e:
             post = skipped_post("too_large" if "over" in str(e) else "malformed_body")
         else:
