@@ -46,6 +46,15 @@ def response_head(flow: http.HTTPFlow) -> ResponseHead | None:
     )
 
 
+def quota_headers(headers: http.Headers) -> tuple[tuple[str, str], ...]:
+    """Only the quota and rate-limit snapshot headers (the tracker needs nothing else of a response head)."""
+    return tuple(
+        (name, value)
+        for name, value in headers.items(multi=True)
+        if name.lower().startswith(("x-quota-snapshot-", "x-usage-ratelimit-"))
+    )
+
+
 def response_meta(flow: http.HTTPFlow, record: bool) -> ResponseMeta:
     resp = flow.response
     error = error_class(flow.error.msg) if flow.error is not None else None
@@ -58,6 +67,7 @@ def response_meta(flow: http.HTTPFlow, record: bool) -> ResponseMeta:
         error=error,
         websocket=flow.websocket is not None,
         header_items=tuple(resp.headers.items(multi=True)) if record else (),
+        quota_headers=quota_headers(resp.headers),
     )
 
 
