@@ -74,7 +74,7 @@ def _header_reading(name: str, window: bool, value: str) -> QuotaReading | None:
     if "rem" not in fields and "ent" not in fields:
         return None
     overage = _number(fields.get("ov"))
-    return QuotaReading(
+    reading = QuotaReading(
         name=name,
         window=window,
         remaining_ratio=_ratio(fields.get("rem")),
@@ -82,6 +82,9 @@ def _header_reading(name: str, window: bool, value: str) -> QuotaReading | None:
         overage=overage if overage is not None and overage >= 0 else None,
         resets=(fields.get("rst") or None) and fields["rst"][:40],
     )
+    if reading.remaining_ratio is None and reading.entitlement is None:
+        return None  # nothing usable in it
+    return reading
 
 
 def from_headers(headers: Iterable[tuple[str, str]]) -> tuple[QuotaReading, ...]:

@@ -75,6 +75,19 @@ def token_details(value: Any) -> tuple[tuple[TokenDetail, ...], int]:
     return tuple(good), bad
 
 
+def copilot_usage(answer: Answer, cu: Any) -> None:
+    """`copilot_usage: {total_nano_aiu, token_details}` (chat usage chunk, response.completed, message_delta)."""
+    if not isinstance(cu, dict):
+        return
+    nano = _int(cu.get("total_nano_aiu"))
+    if nano is not None:
+        answer.nano_aiu = nano
+    if "token_details" in cu:
+        details, bad = token_details(cu.get("token_details"))
+        answer.token_details = details
+        answer.token_details_malformed = bad + (0 if isinstance(cu["token_details"], list) else 1)
+
+
 @dataclass(slots=True)
 class Answer:
     """The accumulated facts of one response. Mutable while the stream runs; read at the end."""
@@ -251,15 +264,7 @@ class AnswerParser:
             a.reasoning_tokens = _int(details.get("reasoning_tokens"))
 
     def _copilot_usage(self, obj: dict[str, Any]) -> None:
-        cu = obj.get("copilot_usage")
-        if isinstance(cu, dict):
-            nano = _int(cu.get("total_nano_aiu"))
-            if nano is not None:
-                self.answer.nano_aiu = nano
-            if "token_details" in cu:
-                details, bad = token_details(cu.get("token_details"))
-                self.answer.token_details = details
-                self.answer.token_details_malformed = bad + (0 if isinstance(cu["token_details"], list) else 1)
+        copilot_usage(self.answer, obj.get("copilot_usage"))
 
     def _choices(self, obj: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         """A completions/chat chunk's model and error, then its choices as (index, choice)."""
