@@ -351,6 +351,11 @@ SAMPLE_LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "plugin_version": ("0.23.2",),
     "version": ("0.1.0",),
     "mitmproxy_version": ("12.1.1",),
+    "source": ("server", "estimated"),
+    "background": ("false", "true"),
+    "quota": ("premium_interactions",),
+    "window": ("weekly",),
+    "error_code": ("none", "quota_exceeded"),
 }
 TARGET = {"job": JOB, "instance": "copilot-proxy:9180"}
 
