@@ -12,7 +12,7 @@ import pytest
 
 from exporter import metricdefs as md
 from exporter.calls import CallTracker, RequestMeta, ResponseHead, ResponseMeta, WsFrame
-from exporter.classify import HostRole, HostTable
+from exporter.classify import HostTable
 from exporter.credits import (
     CallUsage,
     ModelPrice,
