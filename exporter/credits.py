@@ -309,14 +309,16 @@ def billed(usage: CallUsage, prices: PriceBook) -> bool:
 def credits_of(usage: CallUsage, prices: PriceBook) -> Credits:
     """The server figure wins where the answer carries one (> 0); else the estimate of a billed call."""
     is_billed = billed(usage, prices)
+    server = usage.server_nano_aiu
+    if not is_billed and (server is None or server <= 0):
+        return Credits(False)  # completions and the like: no price lookup on the hot path
     found = prices.lookup(usage.model, usage.resolved_model) if usage.tokens is not None else None
     est = estimate(found[0], usage.tokens, usage.auto) if found is not None and usage.tokens is not None else None
     price_source = found[1] if found is not None else None
-    server = usage.server_nano_aiu
     if server is not None and server > 0:
         return Credits(True, server, SERVER, est, price_source)
-    if not is_billed or not usage.ok or usage.tokens is None:
-        return Credits(is_billed, None, None, est if is_billed else None, price_source)
+    if not usage.ok or usage.tokens is None:
+        return Credits(True, None, None, est, price_source)
     if est is None:
         return Credits(True, unknown_price=True)
     return Credits(True, est, ESTIMATED, est, price_source)

@@ -48,10 +48,11 @@ def response_head(flow: http.HTTPFlow) -> ResponseHead | None:
 
 def quota_headers(headers: http.Headers) -> tuple[tuple[str, str], ...]:
     """Only the quota and rate-limit snapshot headers (the tracker needs nothing else of a response head)."""
+    # One pass over the raw fields (Headers.items decodes every field and is several times slower).
     return tuple(
-        (name, value)
-        for name, value in headers.items(multi=True)
-        if name.lower().startswith(("x-quota-snapshot-", "x-usage-ratelimit-"))
+        (name.decode("ascii", "replace"), value.decode("utf-8", "replace"))
+        for name, value in headers.fields
+        if name[:2] in (b"x-", b"X-") and name.lower().startswith((b"x-quota-snapshot-", b"x-usage-ratelimit-"))
     )
 
 
