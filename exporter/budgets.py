@@ -6,6 +6,7 @@ from __future__ import annotations
 import calendar
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -142,26 +143,40 @@ class BudgetBoard(Collector):
         self.month = month_of(clock())
         self.used: dict[str, int] = {}
         self.plans: dict[str, str] = {}
+        self._lock = threading.Lock()  # adds on the event loop, collects on the /metrics thread
 
     def load(self, used: Mapping[str, int]) -> None:
-        self.month = month_of(self.clock())
-        self.used = {}
+        with self._lock:
+            self.month = month_of(self.clock())
+            self.used = {}
         for user, nano in used.items():
             self.add(user, nano, self.clock())
 
     def add(self, user: str, nano: int, ts: float) -> None:
         month = month_of(ts)
-        if month != self.month:
+        with self._lock:
             if month < self.month:
                 return  # a late call of last month: its month is closed
-            self.month, self.used = month, {}
+            if month != self.month:
+                self.month, self.used = month, {}
         (label,) = self.bound(md.BUDGET_USED, (user,))
-        self.used[label] = self.used.get(label, 0) + nano
+        with self._lock:
+            self.used[label] = self.used.get(label, 0) + nano
+
+    def set_plan(self, user: str, plan: str) -> None:
+        with self._lock:
+            self.plans[user] = plan
+
+    def snapshot(self, now: float) -> tuple[dict[str, int], dict[str, str]]:
+        """This month's use and the users' plans (a new month starts empty)."""
+        with self._lock:
+            if month_of(now) != self.month:
+                self.month, self.used = month_of(now), {}
+            return dict(self.used), dict(self.plans)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = self.clock()
-        if month_of(now) != self.month:
-            self.month, self.used = month_of(now), {}
+        spent, plans = self.snapshot(now)
         used = GaugeMetricFamily(md.BUDGET_USED.name, md.BUDGET_USED.help, labels=md.BUDGET_USED.labels)
         allowed = GaugeMetricFamily(
             md.BUDGET_ALLOWANCE.name, md.BUDGET_ALLOWANCE.help, labels=md.BUDGET_ALLOWANCE.labels
@@ -169,10 +184,10 @@ class BudgetBoard(Collector):
         projected = GaugeMetricFamily(
             md.BUDGET_PROJECTED.name, md.BUDGET_PROJECTED.help, labels=md.BUDGET_PROJECTED.labels
         )
-        for user in sorted(set(self.used) | set(self.budgets.users)):
-            credits = self.used.get(user, 0) / NANO
+        for user in sorted(set(spent) | set(self.budgets.users)):
+            credits = spent.get(user, 0) / NANO
             used.add_metric([user], credits)
-            allowed.add_metric([user], self.budgets.allowance(user, self.plans.get(user)))
+            allowed.add_metric([user], self.budgets.allowance(user, plans.get(user)))
             projected.add_metric([user], projection(credits, now))
         yield from (used, allowed, projected)
 
@@ -204,7 +219,7 @@ class CostSink:
         if event.quota:
             self.quota.record(event.user, from_json(event.quota))
         if event.copilot_plan:
-            self.budget.plans[self.bound_user(event.user)] = event.copilot_plan
+            self.budget.set_plan(self.bound_user(event.user), event.copilot_plan)
         if event.credits_nano_aiu:
             self.budget.add(event.user, event.credits_nano_aiu, event.timestamp.timestamp())
 

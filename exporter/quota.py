@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -186,28 +187,33 @@ class QuotaBoard(Collector):
         self.bound = bound
         self.ttl_s = ttl_s
         self._last: dict[tuple[str, str, bool], tuple[QuotaReading, float]] = {}
+        self._lock = threading.Lock()  # records on the event loop, collects on the /metrics thread
 
     def __len__(self) -> int:
         return len(self._last)
 
     def record(self, user: str, readings: Iterable[QuotaReading]) -> None:
         now = self.clock()
-        for r in readings:
-            (bounded_user,) = self.bound(md.QUOTA_REMAINING, (user,))[:1]
-            self._last[(bounded_user, r.name, r.window)] = (r, now)
+        (bounded_user,) = self.bound(md.QUOTA_REMAINING, (user,))[:1]
+        with self._lock:
+            for r in readings:
+                self._last[(bounded_user, r.name, r.window)] = (r, now)
 
-    def sweep(self) -> None:
+    def sweep(self) -> list[tuple[tuple[str, str, bool], tuple[QuotaReading, float]]]:
+        """Drops snapshots older than the TTL; returns the rest, sorted."""
         cutoff = self.clock() - self.ttl_s
-        for key in [k for k, (_, seen) in self._last.items() if seen < cutoff]:
-            del self._last[key]
+        with self._lock:
+            for key in [k for k, (_, seen) in self._last.items() if seen < cutoff]:
+                del self._last[key]
+            return sorted(self._last.items())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        self.sweep()
+        current = self.sweep()
         families = {
             m.name: GaugeMetricFamily(m.name, m.help, labels=m.labels)
             for m in (md.QUOTA_REMAINING, md.QUOTA_ENTITLEMENT, md.QUOTA_OVERAGE, md.RATE_LIMIT_REMAINING)
         }
-        for (user, name, window), (r, _) in sorted(self._last.items()):
+        for (user, name, window), (r, _) in current:
             if window:
                 if r.remaining_ratio is not None:
                     families[md.RATE_LIMIT_REMAINING.name].add_metric([user, name], r.remaining_ratio)

@@ -355,3 +355,21 @@ def test_budget_gauges_hold_month_to_date_credits(cost_run: CostRun) -> None:
     allowance = metric(cost_run.metrics, "copilot_budget_allowance_credits", ("user",))
     assert allowance == Counter({("alice",): 1900, ("bob",): 1900})
     assert datetime.now(UTC).strftime("%Y-%m") == cost_run.extended[0]["day"][:7]
+
+
+def test_month_to_date_survives_a_restart(cost_run: CostRun, tmp_path: Path) -> None:
+    """A new process on the same data dir starts with this month's credits from the extended summary."""
+    htpasswd = write_htpasswd(tmp_path / "htpasswd", PASSWORDS)
+    with FakeCopilotBackend() as backend:
+        proxy = start_proxy(backend, tmp_path / "mitmdump", cost_run.data_dir, htpasswd)
+        try:
+
+            def used() -> Counter[tuple[str, ...]] | None:
+                got = metric(parse_metrics(scrape(proxy.metrics_url)), "copilot_budget_used_credits", ("user",))
+                return got or None
+
+            after_restart = proxy.wait_for(used, 10.0, "month-to-date gauges after the restart")
+        finally:
+            proxy.stop()
+    before = metric(cost_run.metrics, "copilot_budget_used_credits", ("user",))
+    assert after_restart == before and set(after_restart) == {("alice",), ("bob",)}
