@@ -163,6 +163,11 @@ class BudgetBoard(Collector):
         with self._lock:
             self.used[label] = self.used.get(label, 0) + nano
 
+    def forget(self, user: str) -> None:
+        with self._lock:
+            self.used.pop(user, None)
+            self.plans.pop(user, None)
+
     def set_plan(self, user: str, plan: str) -> None:
         with self._lock:
             self.plans[user] = plan
@@ -225,6 +230,11 @@ class CostSink:
 
     def bound_user(self, user: str) -> str:
         return self.budget.bound(md.BUDGET_USED, (user,))[0]
+
+    def forget(self, user: str) -> None:
+        """Drops a user label's quota and month-to-date gauges (for a user displaced from their label slot)."""
+        self.quota.forget(user)
+        self.budget.forget(user)
 
     def health(self, signal: Health) -> None:
         return None

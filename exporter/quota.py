@@ -199,6 +199,12 @@ class QuotaBoard(Collector):
             for r in readings:
                 self._last[(bounded_user, r.name, r.window)] = (r, now)
 
+    def forget(self, user: str) -> None:
+        """Drops every snapshot of a user label (a user who lost their label slot)."""
+        with self._lock:
+            for key in [k for k in self._last if k[0] == user]:
+                del self._last[key]
+
     def sweep(self) -> list[tuple[tuple[str, str, bool], tuple[QuotaReading, float]]]:
         """Drops snapshots older than the TTL; returns the rest, sorted."""
         cutoff = self.clock() - self.ttl_s

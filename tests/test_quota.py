@@ -244,3 +244,20 @@ def test_settings_parse_the_cost_options(tmp_path: Path) -> None:
     ):
         with pytest.raises(SettingsError, match=needle):
             settings_from({**values, name: value}.get)
+
+
+def test_a_forgotten_user_leaves_the_quota_and_budget_gauges() -> None:
+    clock = Clock()
+    sink, registry = _sink(clock)
+    ts = datetime.fromtimestamp(clock.now, UTC)
+    for user in ("alice", "bob"):
+        quota = to_json([QuotaReading("chat", False, 0.5)])
+        sink.handle(
+            emitted(chat(user=user, quota=quota, credits_nano_aiu=10**9, credits_source="server", timestamp=ts))
+        )
+    sink.forget("alice")
+    g = registry.get_sample_value
+    assert g("copilot_quota_remaining_ratio", {"user": "alice", "quota": "chat"}) is None
+    assert g("copilot_budget_used_credits", {"user": "alice"}) is None
+    assert g("copilot_quota_remaining_ratio", {"user": "bob", "quota": "chat"}) == 0.5
+    assert g("copilot_budget_used_credits", {"user": "bob"}) == 1
