@@ -84,7 +84,9 @@ class Outputs:
         if old is None or new.files != old.files:
             self._build_files(new.files)
         if old is None or new.cost != old.cost or new.files.data_dir != old.files.data_dir:
-            self.cost.configure(new.cost.budgets, new.cost.quota_ttl_s, new.files.data_dir)
+            # Month-to-date use is read back from the summaries only for a new data dir (live counts stay).
+            moved = old is None or new.files.data_dir != old.files.data_dir
+            self.cost.configure(new.cost.budgets, new.cost.quota_ttl_s, new.files.data_dir if moved else None)
         if self.running and (old is None or new.metrics != old.metrics):
             self.start_metrics_server(new.metrics)
 

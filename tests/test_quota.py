@@ -261,3 +261,26 @@ def test_a_forgotten_user_leaves_the_quota_and_budget_gauges() -> None:
     assert g("copilot_budget_used_credits", {"user": "alice"}) is None
     assert g("copilot_quota_remaining_ratio", {"user": "bob", "quota": "chat"}) == 0.5
     assert g("copilot_budget_used_credits", {"user": "bob"}) == 1
+
+
+def test_through_the_addon_headers_reach_the_gauges_and_option_changes_keep_live_counts(
+    harness: Any, tmp_path: Path
+) -> None:
+    """The mitmproxy path (tflow): response headers through exporter.flows, copilot_budget and
+    copilot_price_table changed while running; the month's live credits survive a budget change."""
+    from tests import samples
+
+    ex = samples.VSCODE_AGENT_TURN  # answers with copilot_usage 412000000 and a premium_interactions snapshot
+    harness.flow(ex)
+    g = harness.sample
+    assert g("copilot_quota_remaining_ratio", user="alice", quota="premium_interactions") == 0.875
+    assert g("copilot_budget_used_credits", user="alice") == pytest.approx(0.412)
+    harness.tctx.configure(harness.addon, copilot_budget="100")
+    assert g("copilot_budget_allowance_credits", user="alice") == 100
+    assert g("copilot_budget_used_credits", user="alice") == pytest.approx(0.412)
+    table = tmp_path / "prices.json"
+    table.write_text(json.dumps({"version": "test", "models": {"gpt-4.1": {"input": 1, "output": 1}}}))
+    harness.tctx.configure(harness.addon, copilot_price_table=str(table))
+    assert harness.addon.tracker.prices.table.version == "test"
+    harness.tctx.configure(harness.addon, copilot_price_table="")
+    assert harness.addon.tracker.prices.table.version != "test"
