@@ -496,3 +496,25 @@ def test_extended_summary_credits_section_and_merge() -> None:
     merged.merge(day.to_doc())
     merged.merge(day.to_doc())
     assert merged.to_doc()["users"]["alice"]["credits"]["by_source"] == {"server": 20, "estimated": 10}
+
+
+def test_the_same_figure_on_the_span_and_the_otel_counter() -> None:
+    from tests.factories import chat
+    from tests.test_otel import make
+
+    o = make()
+    o.sink.handle(
+        chat(credits_nano_aiu=412_000_000, credits_source="server", nano_aiu=412_000_000, nano_aiu_estimated=440)
+    )
+    o.sink.handle(chat(user="bob", credits_nano_aiu=7, credits_source="estimated", background=True))
+    assert o.value("copilot.nano_aiu", **{"enduser.id": "alice", "copilot.credits.source": "server"}) == 412_000_000
+    assert o.value("copilot.nano_aiu", **{"enduser.id": "bob", "copilot.background": "true"}) == 7
+    attrs = [dict(s.attributes or {}) for s in o.finished()]
+    assert [(a["copilot.credits.nano_aiu"], a["copilot.credits.source"]) for a in attrs] == [
+        (412_000_000, "server"),
+        (7, "estimated"),
+    ]
+    assert (
+        attrs[0]["copilot.credits.nano_aiu_estimated"] == 440 and "copilot.credits.nano_aiu_estimated" not in attrs[1]
+    )
+    o.sink.close()
