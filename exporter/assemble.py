@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from exporter import quota
 from exporter.classify import MODEL_CALL_KINDS, Kind
 from exporter.counting import Call, Counter, Decision
+from exporter.credits import BACKGROUND_INTENT, CallUsage, PriceBook, Tokens, credits_of, error_code
 from exporter.events import UsageEvent
 from exporter.identity import clean
 from exporter.labels import LabelBounds
@@ -52,8 +55,62 @@ def _editor_version(call: InFlightCall) -> str | None:
     return f"{client.editor}/{client.editor_version}" if client.editor_version else None
 
 
+def _tokens(answer: Answer | None) -> Tokens | None:
+    if answer is None or (answer.input_tokens is None and answer.output_tokens is None):
+        return None
+    return Tokens(
+        input=answer.input_tokens or 0,
+        cached=answer.cached_tokens or 0,
+        cache_write=answer.cache_write_tokens or 0,
+        output=answer.output_tokens or 0,
+    )
+
+
+def _cost(call: InFlightCall, resp: ResponseMeta, answer: Answer | None, skip: str | None, prices: PriceBook) -> Any:
+    """The credit, error-code and quota fields of the event (docs/cost.md)."""
+    headers = call.meta.headers
+    auto = bool(headers.get("copilot-session-token")) or (call.path_model or call.facts.model or "") == "auto"
+    ok = resp.status is not None and (200 <= resp.status < 300 or resp.status == 101)  # 101: a WebSocket call
+    credits = credits_of(
+        CallUsage(
+            kind=call.kind.value,
+            model=call.path_model or call.facts.model,
+            resolved_model=answer.resolved_model if answer is not None else None,
+            skip_reason=skip,
+            server_nano_aiu=answer.nano_aiu if answer is not None else None,
+            tokens=_tokens(answer),
+            auto=auto,
+            ok=ok,
+        ),
+        prices,
+    )
+    failed = resp.status is None or resp.status >= 400
+    details = answer.token_details if answer is not None else ()
+    return {
+        "credits_nano_aiu": credits.nano_aiu,
+        "credits_source": credits.source,
+        "nano_aiu_estimated": credits.estimated,
+        "price_source": credits.price_source,
+        "billed": credits.billed,
+        "unknown_price": credits.unknown_price,
+        "background": (headers.get("x-interaction-type") or "").strip().lower() == BACKGROUND_INTENT,
+        "auto_model": auto,
+        "cache_write_tokens": answer.cache_write_tokens if answer is not None else None,
+        "token_details": json.dumps([d.as_dict() for d in details], separators=(",", ":")) if details else None,
+        "error_code": error_code(answer.error if answer is not None else None) if failed else None,
+        "quota": quota.to_json((*quota.from_headers(resp.quota_headers), *call.quota)),
+        "copilot_plan": call.plan,
+    }
+
+
 def build_event(
-    call: InFlightCall, resp: ResponseMeta, counter: Counter, bounds: LabelBounds, now: float, capture: bool
+    call: InFlightCall,
+    resp: ResponseMeta,
+    counter: Counter,
+    bounds: LabelBounds,
+    now: float,
+    capture: bool,
+    prices: PriceBook | None = None,
 ) -> UsageEvent:
     """The event of a call that ended at `now` (the tracker's clock)."""
     decision = decide(call, resp, counter)
@@ -102,4 +159,8 @@ def build_event(
         prompt=call.facts.prompt if capture else None,
         completion=(answer.text or None) if capture and answer is not None else None,
         telemetry=call.telemetry,
+        **_cost(call, resp, answer, decision.skip.value if decision.skip else None, prices or _PRICES),
     )
+
+
+_PRICES = PriceBook()

@@ -21,10 +21,12 @@ from exporter.bodies import MAX_PARSE_BYTES, RequestFacts, parse_request
 from exporter.classify import MODEL_CALL_KINDS, HostRole, HostTable, Kind, chat_mode, refine_proxy_chat, route
 from exporter.clients import ClientDirectory
 from exporter.counting import Counter
+from exporter.credits import PriceBook
 from exporter.dispatch import ClientSeen
 from exporter.events import UsageEvent
 from exporter.identity import ClientIdentity, clean
 from exporter.labels import LabelBounds
+from exporter.quota import QuotaReading, from_user_info
 from exporter.sinks.recorder import MAX_RECORDED_EVENTS, Recording, wants_recording
 from exporter.sse import BodyDecoder, BodyTooLarge, DecodeError, SSEDecoder, SSEEvent, inflate_capped
 from exporter.streams import AnswerParser, Shape, shape_for_path
@@ -38,6 +40,7 @@ Feed = Callable[[bytes], None]
 
 MAX_JSON_RESPONSE = 8 * 1024 * 1024  # a buffered answer larger than this (decoded) is not parsed
 _HOST_ANSWERS = frozenset({Kind.TOKEN_EXCHANGE, Kind.USER_INFO})
+_READ_ANSWERS = MODEL_CALL_KINDS | _HOST_ANSWERS | {Kind.MODEL_LIST}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,7 @@ class ResponseMeta:
     error: str | None = None  # the flow's error, already mapped to a fixed vocabulary (`error_class`)
     websocket: bool = False  # the answer upgraded the connection to a WebSocket
     header_items: tuple[tuple[str, str], ...] = ()  # only when recording
+    quota_headers: tuple[tuple[str, str], ...] = ()  # x-quota-snapshot-* and x-usage-ratelimit-* (exporter.quota)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +130,8 @@ class InFlightCall:
     telemetry_body: bytes | None = None
     telemetry_encoding: str | None = None
     telemetry: TelemetryReport | None = None
+    quota: tuple[QuotaReading, ...] = ()  # from a copilot_internal/user answer
+    plan: str | None = None
 
 
 @dataclass(slots=True)
@@ -192,6 +198,7 @@ class CallTracker:
         self.options = options or TrackerOptions()
         self.counter = counter or Counter()
         self.clients = ClientDirectory()
+        self.prices = PriceBook()  # learns /models prices; its table is set from copilot_price_table
         self._calls: dict[str, InFlightCall] = {}
         self._sockets: dict[str, _Socket] = {}
         self.acceptance = AcceptanceState(clock)
@@ -315,7 +322,7 @@ class CallTracker:
 
     def _read_buffered(self, call: InFlightCall, resp: ResponseMeta) -> None:
         """Non-streamed bodies: JSON answers, buffered event streams, token exchanges (host learning)."""
-        if call.kind not in MODEL_CALL_KINDS and call.kind not in _HOST_ANSWERS:
+        if call.kind not in _READ_ANSWERS:
             return
         if not resp.body:
             return
@@ -325,8 +332,8 @@ class CallTracker:
             if not isinstance(e, BodyTooLarge):
                 call.parse_error = f"content-encoding: {e}"[:200]
             return  # too large to parse: counted from what the headers say
-        if call.kind in _HOST_ANSWERS:
-            self._learn_hosts(body, resp.status)
+        if call.kind in _HOST_ANSWERS or call.kind is Kind.MODEL_LIST:
+            self._learn(call, body, resp.status)
             return
         parser = call.parser = AnswerParser(shape_for_path(call.meta.path), self._keep_events())
         if body.lstrip().startswith((b"data:", b"event:", b":")):
@@ -339,16 +346,25 @@ class CallTracker:
         except (ValueError, RecursionError):
             parser.answer.malformed_events += 1
 
-    def _learn_hosts(self, body: bytes, status: int | None) -> None:
+    def _learn(self, call: InFlightCall, body: bytes, status: int | None) -> None:
+        """Token exchanges and user info teach hosts (user info also quotas and plan); /models, prices."""
         if status != 200:
             return
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):
             return
-        if isinstance(doc, dict):
-            for host in self.hosts.learn(doc.get("endpoints")):
-                log.info("copilot-proxy-insight: learned Copilot host %s", host)
+        if not isinstance(doc, dict):
+            return
+        if call.kind is Kind.MODEL_LIST:
+            learned = self.prices.learn(doc)
+            if learned:
+                log.debug("copilot-proxy-insight: learned prices of %d models", len(learned))
+            return
+        for host in self.hosts.learn(doc.get("endpoints")):
+            log.info("copilot-proxy-insight: learned Copilot host %s", host)
+        if call.kind is Kind.USER_INFO:
+            call.quota, call.plan = from_user_info(doc)
 
     def _read_telemetry(self, call: InFlightCall, resp: ResponseMeta) -> None:
         """A telemetry post the backend took (2xx; a refused one is sent again): its acceptance increments."""
@@ -373,7 +389,7 @@ class CallTracker:
                 self._read_telemetry(call, resp)
             except Exception as e:  # a bug here must not lose the post's own event
                 self.errors.failed("telemetry", e)
-        event = build_event(call, resp, self.counter, self.bounds, self.clock(), self.options.capture)
+        event = build_event(call, resp, self.counter, self.bounds, self.clock(), self.options.capture, self.prices)
         recording = None
         if self.options.record and wants_recording(event.kind, self.options.record_telemetry):
             recording = self._recording(call, resp)

@@ -53,6 +53,21 @@ class UsageEvent:
     prompt: str | None = None  # only with content capture on
     completion: str | None = None  # only with content capture on
     telemetry: TelemetryReport | None = None  # a telemetry post's events and acceptance increments
+    # AI credits (docs/cost.md): what copilot_nano_aiu_total counted (the server's figure, else the estimate),
+    # its source, the estimate itself (also next to a server figure, to calibrate the estimator) and why not.
+    credits_nano_aiu: int | None = None
+    credits_source: str | None = None  # server | estimated
+    nano_aiu_estimated: int | None = None
+    price_source: str | None = None  # learned (a /models answer) | table
+    billed: bool = False
+    unknown_price: bool = False
+    background: bool = False  # X-Interaction-Type: conversation-background
+    auto_model: bool = False  # routed by Auto model selection (10 % discount)
+    cache_write_tokens: int | None = None
+    token_details: str | None = None  # copilot_usage.token_details as JSON text (well-formed entries only)
+    error_code: str | None = None  # bounded error.code of a failed answer (credits.ERROR_CODES, other, none)
+    quota: str | None = None  # quota / rate-limit snapshots of the answer as JSON text (exporter.quota)
+    copilot_plan: str | None = None  # copilot_internal/user copilot_plan
 
     @property
     def day(self) -> str:

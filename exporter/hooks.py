@@ -20,6 +20,7 @@ from mitmproxy import version as mitmproxy_version
 from exporter import __version__
 from exporter.calls import CallTracker, Clock, Finished, TrackerOptions
 from exporter.classify import HostTable
+from exporter.credits import shipped_table
 from exporter.dispatch import AuthFailure, Sink
 from exporter.flows import header_map, last_frame, request_meta, response_head, response_meta, tee
 from exporter.identity import proxy_user, pseudonym
@@ -136,6 +137,8 @@ class CopilotInsight:
         self.users.pseudonym_key = new.pseudonym_key
         files = new.files
         self.tracker.options = TrackerOptions(new.capture, files.record, files.record_telemetry, files.record_max_bytes)
+        if old is None or new.cost.price_table != old.cost.price_table:
+            self.tracker.prices.table = new.cost.price_table or shipped_table()
         self.outputs.apply(old, new)
         self.settings = new
 

@@ -3,8 +3,9 @@
 Versioned (`schema_version`) and documented in docs/reference.md. It holds every model call and every counted
 interaction of the UTC day: interactions by kind, editor and language; model calls by kind, model and
 initiator; tokens by kind, model and type; failed model calls by kind and code; skipped model calls by kind
-and reason; and, per user, `acceptance` from the clients' telemetry posts (null when none was seen that
-day). Built from events live, and from JSON log lines by the rebuild, with the same rule.
+and reason; AI credits (nano-AIU) by source, model and kind (only for users with credits); and, per
+user, `acceptance` from the clients' telemetry posts (null when none was seen that day). Built from
+events live, and from JSON log lines by the rebuild, with the same rule.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ SCHEMA_VERSION = 1
 TOTAL_KEYS = ("interactions", "model_calls", "input_tokens", "output_tokens", "errors", "skipped")
 _SECTIONS = ("interactions", "model_calls", "tokens", "errors", "skipped")
 _TOKEN_TYPES = ("input", "output", "cached", "reasoning")
+CREDIT_SOURCES = ("server", "estimated")
+_CREDIT_TREES = ("by_source", "by_model", "by_kind")
 
 
 def insight_path(data_dir: Path, day: str) -> Path:
@@ -92,6 +95,7 @@ class InsightDay:
         if not counted:
             _bump(entry["skipped"], (kind, _text(rec.get("skip_reason"), "unknown")), 1)
             totals["skipped"] += 1
+        _add_credits(entry, rec, kind, model)
         return True
 
     def _tally(self, user: str) -> AcceptanceTally:
@@ -118,6 +122,8 @@ class InsightDay:
                 "reasoning_tokens": event.reasoning_tokens,
                 "status": event.status,
                 "skip_reason": event.skip_reason,
+                "credits_nano_aiu": event.credits_nano_aiu,
+                "credits_source": event.credits_source,
             }
         )
 
@@ -136,6 +142,7 @@ class InsightDay:
                 _merge_tree(mine[section], entry.get(section))
             if isinstance(entry.get("acceptance"), dict):
                 self._tally(str(user)).merge(entry["acceptance"])
+            _merge_credits(mine, entry.get("credits"))
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(TOTAL_KEYS, 0)
@@ -155,6 +162,34 @@ class InsightDay:
 
     def to_json(self) -> str:
         return json.dumps(self.to_doc(), indent=4, ensure_ascii=False)
+
+
+def _credits(entry: dict[str, Any]) -> dict[str, Any]:
+    credits = entry.get("credits")
+    if credits is None:
+        credits = entry["credits"] = {"nano_aiu": 0, **{t: {} for t in _CREDIT_TREES}}
+    return credits
+
+
+def _add_credits(entry: dict[str, Any], rec: Mapping[str, Any], kind: str, model: str) -> None:
+    """The call's counted credits (the same figure as copilot_nano_aiu_total) into the user's `credits`."""
+    nano = _int(rec.get("credits_nano_aiu"))
+    source = rec.get("credits_source")
+    if not nano or source not in CREDIT_SOURCES:
+        return
+    credits = _credits(entry)
+    credits["nano_aiu"] += nano
+    for tree, key in zip(_CREDIT_TREES, (str(source), model, kind), strict=True):
+        credits[tree][key] = credits[tree].get(key, 0) + nano
+
+
+def _merge_credits(mine: dict[str, Any], other: Any) -> None:
+    if not isinstance(other, dict) or not _int(other.get("nano_aiu")):
+        return
+    credits = _credits(mine)
+    credits["nano_aiu"] += _int(other.get("nano_aiu"))
+    for tree in _CREDIT_TREES:
+        _merge_tree(credits[tree], other.get(tree), 4)
 
 
 def _merge_tree(into: dict[str, Any], other: Any, depth: int = 0) -> None:

@@ -31,6 +31,9 @@ class MetricDef:
     otel_type: MetricType | None = None
     otel_unit: str = ""
     otel_buckets: tuple[float, ...] = ()
+    # Exposed by a live collector (values that expire or follow the clock: quota snapshots, budgets), not
+    # recorded from observations; the Prometheus sink leaves these to the collector registered for them.
+    collected: bool = False
 
     def __post_init__(self) -> None:
         if self.otel_name and len(self.otel_attributes) != len(self.labels):
@@ -182,11 +185,12 @@ RESPONSES = MetricDef(
 USER_ERRORS = MetricDef(
     "copilot_user_errors",
     MetricType.COUNTER,
-    ("user", "kind", "code"),
+    ("user", "kind", "code", "error_code"),
     "Failed Copilot calls per user: upstream answers of 400 and above (429 rate limited, 402 quota "
-    "exhausted, 5xx) and calls without an answer (code 'error').",
+    "exhausted, 5xx) and calls without an answer (code 'error'); error_code is the answer's error.code "
+    "(quota_exceeded, user_weekly_rate_limited, ...; 'other' or 'none').",
     otel_name="copilot.user_errors",
-    otel_attributes=("enduser.id", "copilot.kind", "http.response.status_code"),
+    otel_attributes=("enduser.id", "copilot.kind", "http.response.status_code", "copilot.error_code"),
     otel_unit="{call}",
 )
 SKIPPED = MetricDef(
@@ -325,6 +329,83 @@ TELEMETRY_SKIPPED = MetricDef(
     otel_attributes=("copilot.telemetry.skip_reason",),
     otel_unit="{envelope}",
 )
+NANO_AIU = MetricDef(
+    "copilot_nano_aiu",
+    MetricType.COUNTER,
+    ("user", "kind", "model", "source", "editor", "background"),
+    "AI credits x 10^9 (nano-AIU) of model calls through this proxy: the server's copilot_usage figure "
+    "(source server) or an estimate from tokens and prices (source estimated); background marks "
+    "conversation-background calls.",
+    otel_name="copilot.nano_aiu",
+    otel_attributes=(
+        "enduser.id",
+        "copilot.kind",
+        "gen_ai.request.model",
+        "copilot.credits.source",
+        "copilot.editor",
+        "copilot.background",
+    ),
+    otel_unit="{nano_aiu}",
+)
+COST_UNKNOWN = MetricDef(
+    "copilot_cost_unknown",
+    MetricType.COUNTER,
+    ("model",),
+    "Billed model calls without a server credit figure whose model has no known price (no estimate made).",
+    otel_name="copilot.cost_unknown",
+    otel_attributes=("gen_ai.request.model",),
+    otel_unit="{call}",
+)
+QUOTA_REMAINING = MetricDef(
+    "copilot_quota_remaining_ratio",
+    MetricType.GAUGE,
+    ("user", "quota"),
+    "Share of a user's quota left (0..1), last snapshot seen (x-quota-snapshot-* headers, copilot_internal/user); "
+    "dropped after copilot_quota_ttl.",
+    collected=True,
+)
+QUOTA_ENTITLEMENT = MetricDef(
+    "copilot_quota_entitlement",
+    MetricType.GAUGE,
+    ("user", "quota"),
+    "A user's quota entitlement in the last snapshot seen (absent when unlimited).",
+    collected=True,
+)
+QUOTA_OVERAGE = MetricDef(
+    "copilot_quota_overage_used",
+    MetricType.GAUGE,
+    ("user", "quota"),
+    "Overage a user has used beyond the quota, in the last snapshot seen.",
+    collected=True,
+)
+RATE_LIMIT_REMAINING = MetricDef(
+    "copilot_rate_limit_remaining_ratio",
+    MetricType.GAUGE,
+    ("user", "window"),
+    "Share of a user's usage rate-limit window left (0..1), from x-usage-ratelimit-session/-weekly headers.",
+    collected=True,
+)
+BUDGET_ALLOWANCE = MetricDef(
+    "copilot_budget_allowance_credits",
+    MetricType.GAUGE,
+    ("user",),
+    "A user's monthly AI-credit allowance (copilot_budget, copilot_budget_file, else the user's plan).",
+    collected=True,
+)
+BUDGET_USED = MetricDef(
+    "copilot_budget_used_credits",
+    MetricType.GAUGE,
+    ("user",),
+    "AI credits a user spent through this proxy this UTC month (server figure, else estimate).",
+    collected=True,
+)
+BUDGET_PROJECTED = MetricDef(
+    "copilot_budget_projected_credits",
+    MetricType.GAUGE,
+    ("user",),
+    "Month-to-date AI credits extrapolated linearly to the end of the UTC month.",
+    collected=True,
+)
 
 METRICS: tuple[MetricDef, ...] = (
     REQUESTS,
@@ -349,6 +430,15 @@ METRICS: tuple[MetricDef, ...] = (
     CHAT_EDIT_DECISIONS,
     TELEMETRY_EVENTS,
     TELEMETRY_SKIPPED,
+    NANO_AIU,
+    COST_UNKNOWN,
+    QUOTA_REMAINING,
+    QUOTA_ENTITLEMENT,
+    QUOTA_OVERAGE,
+    RATE_LIMIT_REMAINING,
+    BUDGET_ALLOWANCE,
+    BUDGET_USED,
+    BUDGET_PROJECTED,
 )
 
 

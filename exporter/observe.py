@@ -59,7 +59,7 @@ def observations(event: UsageEvent) -> list[Observation]:
     # Per-user failures are model calls only: MCP, agent-task and registry lookups of the CLI fail as part
     # of normal operation and must not read as Copilot failures on dashboards and alerts.
     if event.model_call and failed(event):
-        out.append(Observation(md.USER_ERRORS, 1, (user, kind, code)))
+        out.append(Observation(md.USER_ERRORS, 1, (user, kind, code, event.error_code or "none")))
     if event.counted:
         out.append(Observation(md.REQUESTS, 1, (user, event.editor, event.language, kind)))
     else:
@@ -72,6 +72,7 @@ def observations(event: UsageEvent) -> list[Observation]:
             out.append(Observation(md.TOKENS, event.input_tokens, (user, kind, model, "input"), genai))
         if event.output_tokens:
             out.append(Observation(md.TOKENS, event.output_tokens, (user, kind, model, "output"), genai))
+        out.extend(_credits(event, model))
     if event.telemetry is not None:
         out.extend(telemetry_observations(user, event.telemetry))
     return out
@@ -104,3 +105,14 @@ def telemetry_observations(user: str, report: TelemetryReport) -> list[Observati
         elif s.signal == "chat_edit" and s.outcome is not None:
             out.append(Observation(md.CHAT_EDIT_DECISIONS, s.n, (*place, s.outcome)))
     return out
+
+
+def _credits(event: UsageEvent, model: str) -> list[Observation]:
+    """AI credits counted for the call (a zero adds nothing), or a call whose price nobody knows."""
+    if event.credits_nano_aiu and event.credits_source:
+        background = "true" if event.background else "false"
+        labels = (event.user, event.kind, model, event.credits_source, event.editor, background)
+        return [Observation(md.NANO_AIU, event.credits_nano_aiu, labels)]
+    if event.unknown_price:
+        return [Observation(md.COST_UNKNOWN, 1, (model,))]
+    return []

@@ -201,6 +201,33 @@ OPTIONS: tuple[Option, ...] = (
         "5",
         "Seconds between writes of the daily summary file (fractions allowed, e.g. 0.5).",
     ),
+    Option(
+        "copilot_price_table",
+        str,
+        "",
+        "JSON price table (AI credits per 1M tokens per model, the format of the shipped exporter/prices.json) "
+        "used for credit estimates instead of the shipped one; prices learned from /models answers still win.",
+    ),
+    Option(
+        "copilot_budget",
+        str,
+        "business",
+        "Monthly AI-credit allowance per user: business (1900), enterprise (3900) or a number of credits. With a "
+        "plan name, a user's own plan seen in copilot_internal/user answers wins.",
+    ),
+    Option(
+        "copilot_budget_file",
+        str,
+        "",
+        'JSON file of per-user monthly allowances, {"default": 1900, "users": {"alice": 5000}}; its users '
+        "override copilot_budget.",
+    ),
+    Option(
+        "copilot_quota_ttl",
+        str,
+        "21600",
+        "Seconds a user's last quota or rate-limit snapshot stays in /metrics without a newer one.",
+    ),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 INTERCEPTION_OPTIONS = ("copilot_intercept", "copilot_hosts")

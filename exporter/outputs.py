@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter import __version__
+from exporter.budgets import CostSink
 from exporter.dispatch import Dispatcher, ExporterError, Health, LabelEvicted, LabelOverflow, Sink
 from exporter.events import UsageEvent
 from exporter.labels import LabelPolicy
@@ -49,7 +50,10 @@ class Outputs:
         self.writer = BackgroundWriter(self.errors)
         self.prometheus = PrometheusSink()
         self.prometheus.build_info(__version__, mitmproxy_version)
-        self.dispatcher = Dispatcher(self.errors, self.policy, [self.prometheus, *extra_sinks])
+        self.cost = CostSink(self.policy)
+        self.prometheus.registry.register(self.cost.quota)
+        self.prometheus.registry.register(self.cost.budget)
+        self.dispatcher = Dispatcher(self.errors, self.policy, [self.prometheus, self.cost, *extra_sinks])
         self.server: MetricsServer | None = None
         self.running = False
 
@@ -82,6 +86,10 @@ class Outputs:
             self._build_otel(new.otel)
         if old is None or new.files != old.files:
             self._build_files(new.files)
+        if old is None or new.cost != old.cost or new.files.data_dir != old.files.data_dir:
+            # Month-to-date use is read back from the summaries only for a new data dir (live counts stay).
+            moved = old is None or new.files.data_dir != old.files.data_dir
+            self.cost.configure(new.cost.budgets, new.cost.quota_ttl_s, new.files.data_dir if moved else None)
         if self.running and (old is None or new.metrics != old.metrics):
             self.start_metrics_server(new.metrics)
 

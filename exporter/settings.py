@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from exporter.budgets import BudgetError, Budgets, load_budgets
+from exporter.credits import PriceTable, PriceTableError, load_table
+from exporter.quota import DEFAULT_TTL_S
 
 LOG_MODES = ("file", "stdout", "both", "off")
 INTERCEPT_MODES = ("copilot", "all")
@@ -64,6 +68,15 @@ class OtelOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class CostOptions:
+    """AI credits: the price table override (None: the shipped one), budgets and the quota gauges' TTL."""
+
+    price_table: PriceTable | None = None
+    budgets: Budgets = field(default_factory=Budgets)
+    quota_ttl_s: float = DEFAULT_TTL_S
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     intercept_all: bool = False
     hosts: tuple[str, ...] = ()
@@ -74,6 +87,7 @@ class Settings:
     files: Files = Files()
     metrics: MetricsEndpoint = MetricsEndpoint()
     otel: OtelOptions = OtelOptions()
+    cost: CostOptions = CostOptions()
 
 
 Getter = Callable[[str], Any]
@@ -196,6 +210,19 @@ def _otel(get: Getter, pseudonymous_users: bool) -> OtelOptions:
     )
 
 
+def _cost(get: Getter) -> CostOptions:
+    path = str(get("copilot_price_table")).strip()
+    try:
+        table = load_table(path) if path else None
+    except PriceTableError as e:
+        raise SettingsError(f"copilot_price_table: {e}") from None
+    try:
+        budgets = load_budgets(str(get("copilot_budget")), str(get("copilot_budget_file")).strip())
+    except BudgetError as e:
+        raise SettingsError(str(e)) from None
+    return CostOptions(table, budgets, seconds(get("copilot_quota_ttl"), "copilot_quota_ttl"))
+
+
 def settings_from(get: Getter) -> Settings:
     """Every copilot_* option, parsed and checked; raises SettingsError naming the first bad one."""
     pseudonym_key = secret_value(str(get("copilot_pseudonym_key")), "copilot_pseudonym_key")
@@ -213,4 +240,5 @@ def settings_from(get: Getter) -> Settings:
         files=_files(get),
         metrics=_metrics(get),
         otel=_otel(get, bool(pseudonym_key)),
+        cost=_cost(get),
     )

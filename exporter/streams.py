@@ -34,6 +34,60 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+MAX_TOKEN_DETAILS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDetail:
+    """One `copilot_usage.token_details` entry: the server's charge for one class of tokens."""
+
+    token_type: str
+    token_count: int
+    batch_size: int
+    cost_per_batch: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "token_type": self.token_type,
+            "token_count": self.token_count,
+            "batch_size": self.batch_size,
+            "cost_per_batch": self.cost_per_batch,
+        }
+
+
+def token_details(value: Any) -> tuple[tuple[TokenDetail, ...], int]:
+    """The well-formed entries of a `token_details` array and the count of malformed ones. A bad entry
+    (the Copilot CLI dropped a call's whole usage on one null) costs only itself."""
+    good: list[TokenDetail] = []
+    bad = 0
+    for item in _items(value)[:MAX_TOKEN_DETAILS]:
+        if not isinstance(item, dict):
+            bad += 1
+            continue
+        kind = _str(item.get("token_type"))
+        count = _int(item.get("token_count"))
+        batch = _int(item.get("batch_size"))
+        cost = _int(item.get("cost_per_batch"))
+        if kind is None or count is None or cost is None or not batch:
+            bad += 1
+            continue
+        good.append(TokenDetail(kind[:32], count, batch, cost))
+    return tuple(good), bad
+
+
+def copilot_usage(answer: Answer, cu: Any) -> None:
+    """`copilot_usage: {total_nano_aiu, token_details}` (chat usage chunk, response.completed, message_delta)."""
+    if not isinstance(cu, dict):
+        return
+    nano = _int(cu.get("total_nano_aiu"))
+    if nano is not None:
+        answer.nano_aiu = nano
+    if "token_details" in cu:
+        details, bad = token_details(cu.get("token_details"))
+        answer.token_details = details
+        answer.token_details_malformed = bad + (0 if isinstance(cu["token_details"], list) else 1)
+
+
 @dataclass(slots=True)
 class Answer:
     """The accumulated facts of one response. Mutable while the stream runs; read at the end."""
@@ -49,6 +103,9 @@ class Answer:
     reasoning_tokens: int | None = None
     nano_aiu: int | None = None
     resolved_model: str | None = None
+    cache_write_tokens: int | None = None  # Anthropic cache_creation_input_tokens (priced apart)
+    token_details: tuple[TokenDetail, ...] = ()
+    token_details_malformed: int = 0
     complete: bool = False  # the stream reached its terminator ([DONE], response.completed, message_stop)
     events: int = 0
     malformed_events: int = 0
@@ -210,11 +267,7 @@ class AnswerParser:
         openai_usage(self.answer, usage, inputs, outputs)
 
     def _copilot_usage(self, obj: dict[str, Any]) -> None:
-        cu = obj.get("copilot_usage")
-        if isinstance(cu, dict):
-            nano = _int(cu.get("total_nano_aiu"))
-            if nano is not None:
-                self.answer.nano_aiu = nano
+        copilot_usage(self.answer, obj.get("copilot_usage"))
 
     def _choices(self, obj: dict[str, Any]) -> Iterator[tuple[int, dict[str, Any]]]:
         """A completions/chat chunk's model and error, then its choices as (index, choice)."""
@@ -384,6 +437,8 @@ class AnswerParser:
             a.input_tokens = sum(v or 0 for v in inputs)
         if "cache_read_input_tokens" in self._anthropic:
             a.cached_tokens = self._anthropic["cache_read_input_tokens"]
+        if "cache_creation_input_tokens" in self._anthropic:
+            a.cache_write_tokens = self._anthropic["cache_creation_input_tokens"]
         if "output_tokens" in self._anthropic:
             a.output_tokens = self._anthropic["output_tokens"]
 

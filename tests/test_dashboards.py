@@ -39,6 +39,7 @@ UIDS = {
     "copilot-performance.json": "copilot-performance",
     "copilot-exporter-health.json": "copilot-exporter-health",
     "copilot-acceptance.json": "copilot-acceptance",
+    "copilot-cost.json": "copilot-cost",
 }
 CHAIN = ("user", "editor", "language", "kind")
 LOGS_QUERY = '{job="copilot-proxy-insight"} | json | user=~"$user" | kind=~"$kind"'
@@ -421,6 +422,11 @@ SAMPLE_LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "plugin_version": ("0.23.2",),
     "version": ("0.1.0",),
     "mitmproxy_version": ("12.1.1",),
+    "source": ("server", "estimated"),
+    "background": ("false", "true"),
+    "quota": ("premium_interactions",),
+    "window": ("weekly",),
+    "error_code": ("none", "quota_exceeded"),
 }
 TARGET = {"job": JOB, "instance": "copilot-proxy:9180"}
 

@@ -80,13 +80,25 @@ def test_a_displaced_users_series_leave_prometheus() -> None:
     for i in range(2):  # made-up names whose calls fail (e.g. proxyauth=any and no Copilot token)
         sink.handle(event(user=f"junk{i}", status=401, counted=False, skip_reason="http_error"))
     g = sink.registry.get_sample_value
-    assert g("copilot_user_errors_total", {"user": "junk0", "kind": "completion", "code": "401"}) == 1
+    assert (
+        g("copilot_user_errors_total", {"user": "junk0", "kind": "completion", "code": "401", "error_code": "none"})
+        == 1
+    )
     sink.handle(event(user="alice"))  # a real user: takes junk0's slot, junk0's series go
     requests = {"user": "alice", "editor": "vscode", "language": "python", "kind": "completion"}
     assert g("copilot_requests_total", requests) == 1
-    assert g("copilot_user_errors_total", {"user": "junk0", "kind": "completion", "code": "401"}) is None
-    assert g("copilot_user_errors_total", {"user": "junk1", "kind": "completion", "code": "401"}) == 1
+    assert (
+        g("copilot_user_errors_total", {"user": "junk0", "kind": "completion", "code": "401", "error_code": "none"})
+        is None
+    )
+    assert (
+        g("copilot_user_errors_total", {"user": "junk1", "kind": "completion", "code": "401", "error_code": "none"})
+        == 1
+    )
     sink.handle(event(user="bob"))
     assert g("copilot_requests_total", {**requests, "user": "bob"}) == 1
     sink.handle(event(user="mallory", status=401, counted=False, skip_reason="http_error"))
-    assert g("copilot_user_errors_total", {"user": "other", "kind": "completion", "code": "401"}) == 1
+    assert (
+        g("copilot_user_errors_total", {"user": "other", "kind": "completion", "code": "401", "error_code": "none"})
+        == 1
+    )

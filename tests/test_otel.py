@@ -143,6 +143,8 @@ def test_every_otel_instrument_of_the_table_is_exported(o: Otel) -> None:
     o.sink.handle(event(counted=False, skip_reason="speculative"))
     o.sink.handle(event(counted=False, skip_reason="http_error", status=429))
     o.sink.handle(event(kind="telemetry", model_call=False, counted=False, telemetry=telemetry_samples.full_report()))
+    o.sink.handle(event(kind="chat_agent", credits_nano_aiu=5, credits_source="server"))
+    o.sink.handle(event(kind="chat_agent", unknown_price=True))
     o.sink.health(AuthFailure())
     o.sink.health(ExporterError("jsonlog"))
     small = make(max_users=1)

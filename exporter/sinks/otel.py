@@ -261,6 +261,9 @@ class OtelSink:
             "copilot.speculative": event.speculative,
             "copilot.tool_calls": list(event.tool_calls) if event.tool_calls else None,
             "copilot.nano_aiu": event.nano_aiu,
+            "copilot.credits.nano_aiu": event.credits_nano_aiu,
+            "copilot.credits.source": event.credits_source,
+            "copilot.credits.nano_aiu_estimated": event.nano_aiu_estimated,
             "copilot.error": event.error,
         }
         attrs: dict[str, AttributeValue] = {k: v for k, v in candidates.items() if v is not None}

@@ -17,6 +17,8 @@ def build_metrics(registry: CollectorRegistry) -> dict[str, Any]:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     out: dict[str, Any] = {}
     for m in md.METRICS:
+        if m.collected:  # exposed by its own collector (exporter.budgets.CostSink)
+            continue
         if m.type is md.MetricType.COUNTER:
             out[m.name] = Counter(m.name, m.help, m.labels, registry=registry)
         elif m.type is md.MetricType.HISTOGRAM:

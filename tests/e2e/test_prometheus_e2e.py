@@ -81,6 +81,10 @@ DEADLINE = 30.0  # seconds for any one condition (the machine may be busy with o
 # Panels (file, where) that may legitimately return nothing for this traffic, with the reason.
 ALLOWED_EMPTY: dict[tuple[str, str], str] = {
     (
+        "copilot-cost.json",
+        "panel 'Rate-limit window left' A",
+    ): "no sample answer carries x-usage-ratelimit-* headers (tests/test_quota.py and the cost e2e cover them)",
+    (
         "copilot-exporter-health.json",
         "panel 'Firing Copilot alerts' A",
     ): "no alert can fire within a test of seconds (the shortest `for:` is 5m); the same query with "
@@ -642,7 +646,12 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 at = at_ms / 1000
                 raw = {
                     name: prom.query(name, at)
-                    for name in ("copilot_exporter_errors_total", "copilot_user_errors_total", "copilot_requests_total")
+                    for name in (
+                        "copilot_exporter_errors_total",
+                        "copilot_user_errors_total",
+                        "copilot_requests_total",
+                        "copilot_nano_aiu_total",
+                    )
                 }
                 rules = {r["alert"]: r["expr"] for r in load_rules() if "alert" in r}
                 alert_exprs = {name: prom.query(rules[name]) for name in (*PER_USER_ALERTS, *PER_KIND_ALERTS)}
@@ -1024,3 +1033,27 @@ def test_model_calls_include_failed_calls_and_agent_steps(run: Run) -> None:
     failed_calls = [c for c in b.calls if status(c) >= 400]
     assert all(expected_initiator(c) == "user" for c in failed_calls)
     assert project(b.model_calls, 0, 1)[("alice", "chat_agent")] == 5  # a turn, its tool step, two 429s, a 402
+
+
+COST = "copilot-cost.json"
+
+
+def test_cost_panels_equal_the_scraped_credit_counters(run: Run) -> None:
+    """Both phases are the same plan, so phase B spent half of what the counters hold at the end."""
+    total: Counter[str] = Counter()
+    server: Counter[str] = Counter()
+    for sample in run.raw["copilot_nano_aiu_total"]:
+        labels, value = sample["metric"], float(sample["value"][1])
+        total[labels["user"]] += value
+        if labels["source"] == "server":
+            server[labels["user"]] += value
+    assert set(total) == {"alice", "bob"} and all(total.values()) and sum(server.values())
+    phase_b = {user: n / 2 / 1e9 for user, n in total.items()}
+    assert_close(vector(run, COST, "panel 'Top spenders' A", "user"), phase_b, "top spenders")
+    assert math.isclose(scalar(run, COST, "panel 'AI credits in range' A"), sum(phase_b.values()), rel_tol=1e-9)
+    share = sum(server.values()) / sum(total.values())
+    assert math.isclose(scalar(run, COST, "panel 'Server share' A"), share, rel_tol=1e-9)
+    burn = {user: n * 3600 / (run.window_ms / 1000) for user, n in phase_b.items()}
+    assert_close(vector(run, COST, "panel 'Burn rate by user' A", "user"), burn, "credits per hour")
+    month = {user: n / 1e9 / 1900 for user, n in total.items()}  # month to date: both phases, Business allowance
+    assert_close(vector(run, COST, "panel 'Month to date against allowance' A", "user"), month, "month to date")
