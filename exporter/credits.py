@@ -7,7 +7,9 @@ dated table `exporter/prices.json` (or the file `copilot_price_table` names). Ar
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -126,6 +128,7 @@ def _tier(row: Mapping[str, Any], keys: tuple[str, str, str, str], per: Fraction
     )
 
 
+@functools.lru_cache(maxsize=1024)  # a few dozen model ids, looked up on every billed call
 def model_key(model: str) -> str:
     """The price-table key of a model id: lower case, a dated snapshot suffix removed."""
     return _DATED.sub("", model.strip().lower())
@@ -256,21 +259,39 @@ class PriceBook:
         return bool(model) and model_key(model or "") in self.table.utility_models
 
 
+_SCALED: dict[int, tuple[Tier, int, tuple[int, int, int, int]]] = {}
+
+
+def _scaled(tier: Tier) -> tuple[int, tuple[int, int, int, int]]:
+    """The tier's four prices over one common denominator: the estimate in integers, exact, without building
+    Fractions per call (several times slower). Cached by identity; the tier is kept so its id stays its own."""
+    hit = _SCALED.get(id(tier))
+    if hit is None or hit[0] is not tier:
+        prices = (tier.input, tier.cached, tier.cache_write, tier.output)
+        denominator = math.lcm(*(p.denominator for p in prices))
+        a, b, c, d = (p.numerator * (denominator // p.denominator) for p in prices)
+        if len(_SCALED) >= 4096:
+            _SCALED.clear()  # price tables are small; a flood of learned prices must not grow this
+        hit = _SCALED[id(tier)] = (tier, denominator, (a, b, c, d))
+    return hit[1], hit[2]
+
+
 def estimate(price: ModelPrice, tokens: Tokens, auto: bool = False) -> int:
-    """nano-AIU of one call: uncached input, cached input, cache writes and output at their tier's prices."""
+    """nano-AIU of one call: uncached input, cached input, cache writes and output at their tier's prices,
+    rounded half to even (as `round` of the exact fraction)."""
     tier = price.default
     if price.long_context is not None and price.context_max is not None and tokens.input > price.context_max:
         tier = price.long_context
+    denominator, (p_in, p_cached, p_write, p_out) = _scaled(tier)
     uncached = max(0, tokens.input - tokens.cached - tokens.cache_write)
-    total = (
-        uncached * tier.input
-        + tokens.cached * tier.cached
-        + tokens.cache_write * tier.cache_write
-        + tokens.output * tier.output
-    )
+    total = uncached * p_in + tokens.cached * p_cached + tokens.cache_write * p_write + tokens.output * p_out
     if auto:
-        total *= AUTO_DISCOUNT
-    return round(total)
+        total *= AUTO_DISCOUNT.numerator
+        denominator *= AUTO_DISCOUNT.denominator
+    quotient, rest = divmod(total, denominator)
+    if 2 * rest > denominator or (2 * rest == denominator and quotient % 2):
+        quotient += 1
+    return quotient
 
 
 @dataclass(frozen=True, slots=True)

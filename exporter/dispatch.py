@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -77,6 +78,12 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
+@functools.cache
+def _user_index(names: tuple[str, ...]) -> int:
+    """Where a metric's `user` label is (-1: none); a handful of label tuples, looked up per observation."""
+    return names.index("user") if "user" in names else -1
+
+
 class Dispatcher:
     """Fans every event and health signal out to the sinks; a failing sink is counted and logged, the others
     still get it. Label bounding is applied here, once, for every sink."""
@@ -113,10 +120,12 @@ class Dispatcher:
         for o in observations(event):
             names = o.metric.labels
             labels = o.labels
-            if "user" in names:
-                i = names.index("user")
+            i = _user_index(names)
+            if i >= 0 and labels[i] != user:
                 labels = (*labels[:i], user, *labels[i + 1 :])
-            out.append(Observation(o.metric, o.value, policy.bound(o.metric.name, labels, names, folded), o.genai))
+            bound = policy.bound(o.metric.name, labels, names, folded)
+            # Most observations come out unchanged: keep them rather than build an equal copy.
+            out.append(o if bound == o.labels else Observation(o.metric, o.value, bound, o.genai))
         return out
 
     def _bounded_client(self, seen: ClientSeen) -> ClientSeen:

@@ -20,10 +20,22 @@ def header_map(headers: http.Headers) -> dict[str, str]:
     return out
 
 
-def request_meta(flow: http.HTTPFlow, role: HostRole, headers: dict[str, str], user: str, record: bool) -> RequestMeta:
+def header(headers: http.Headers, name: bytes) -> str | None:
+    """The first value of header `name` (lower case), one pass over the raw fields: mitmproxy's Headers.get
+    decodes and lower-cases every field on each lookup, several times slower."""
+    for key, value in headers.fields:
+        if len(key) == len(name) and key.lower() == name:
+            return value.decode("utf-8", "replace")
+    return None
+
+
+def request_meta(
+    flow: http.HTTPFlow, host: str, role: HostRole, headers: dict[str, str], user: str, record: bool
+) -> RequestMeta:
+    """`host` is the request's pretty_host, already read by the caller (it parses the Host header each time)."""
     req = flow.request
     return RequestMeta(
-        host=req.pretty_host,
+        host=host,
         role=role,
         method=req.method,
         path=req.path,
@@ -41,8 +53,8 @@ def response_head(flow: http.HTTPFlow) -> ResponseHead | None:
         return None
     return ResponseHead(
         status=resp.status_code,
-        content_type=resp.headers.get("content-type", ""),
-        content_encoding=resp.headers.get("content-encoding"),
+        content_type=header(resp.headers, b"content-type") or "",
+        content_encoding=header(resp.headers, b"content-encoding"),
     )
 
 
@@ -63,7 +75,7 @@ def response_meta(flow: http.HTTPFlow, record: bool) -> ResponseMeta:
         return ResponseMeta(status=None, error=error)
     return ResponseMeta(
         status=resp.status_code,
-        content_encoding=resp.headers.get("content-encoding"),
+        content_encoding=header(resp.headers, b"content-encoding"),
         body=resp.raw_content,  # a reference, not a copy; None once streamed
         error=error,
         websocket=flow.websocket is not None,

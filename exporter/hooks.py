@@ -22,7 +22,7 @@ from exporter.calls import CallTracker, Clock, Finished, TrackerOptions
 from exporter.classify import HostTable
 from exporter.credits import shipped_table
 from exporter.dispatch import AuthFailure, Sink
-from exporter.flows import header_map, last_frame, request_meta, response_head, response_meta, tee
+from exporter.flows import header, header_map, last_frame, request_meta, response_head, response_meta, tee
 from exporter.identity import proxy_user, pseudonym
 from exporter.options import BY_NAME, INTERCEPTION_OPTIONS, OPTIONS, parse_error
 from exporter.outputs import Outputs
@@ -183,12 +183,13 @@ class CopilotInsight:
                 if flow.response.status_code == 407:
                     self.outputs.health(AuthFailure())
                 return
-            role = self.hosts.role(flow.request.pretty_host)
+            host = flow.request.pretty_host
+            role = self.hosts.role(host)
             if role is None:
                 return
             headers = header_map(flow.request.headers)
             record = self.tracker.options.record
-            meta = request_meta(flow, role, headers, self.users.user_of(flow, headers), record)
+            meta = request_meta(flow, host, role, headers, self.users.user_of(flow, headers), record)
             self.tracker.start(flow.id, meta)
         except Exception as e:
             self.outputs.errors.failed("addon", e)
@@ -198,7 +199,7 @@ class CopilotInsight:
             return
         try:
             raw = flow.request.raw_content
-            self.tracker.request_body(flow.id, raw, flow.request.headers.get("content-encoding"))
+            self.tracker.request_body(flow.id, raw, header(flow.request.headers, b"content-encoding"))
         except Exception as e:
             self.outputs.errors.failed("parser", e)
 

@@ -45,3 +45,22 @@ def test_quick_benchmark_completes_and_counts_match(tmp_path: Path) -> None:
         assert c["copilot_requests_total"] == c["counted_sent"], (name, c)
         assert c["copilot_model_calls_total"] == c["model_calls_sent"], (name, c)
     assert doc["counts_ok"] is True
+
+
+def test_the_in_process_replay_attributes_each_feature_to_its_calls() -> None:
+    """`benchmarks.replay`: every entry point of a present feature is timed, once per call of the mix's
+    requests that reach it, and the features' shares stay within the total. Timings are not checked."""
+    from benchmarks import replay, traffic
+
+    requests = 6 * 20  # twenty rounds of the mix: one telemetry post in six requests
+    result = replay.replay(requests, repeat=2)
+    posts = sum(t.name == traffic.TELEMETRY.name for t in traffic.MIX_TEMPLATES) * requests // len(traffic.MIX)
+    assert result.present["telemetry"] and result.present["credits"]
+    # Each post: read once by the tracker, its observations built once by the dispatcher.
+    assert result.calls["telemetry"] == 2 * posts
+    # Every finished call builds its credit fields once; the cost sink handles every emitted event.
+    assert result.calls["credits"] == 2 * requests
+    assert len(result.us_per_request) == 2 and all(us > 0 for us in result.us_per_request)
+    assert 0 < result.feature_best("telemetry") + result.feature_best("credits") < result.best
+    text = replay.report(result)
+    assert "telemetry" in text and "core" in text

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter import metricdefs as md
 from exporter.calls import CallTracker, RequestMeta, ResponseHead, ResponseMeta, WsFrame
@@ -518,3 +520,30 @@ def test_the_same_figure_on_the_span_and_the_otel_counter() -> None:
         attrs[0]["copilot.credits.nano_aiu_estimated"] == 440 and "copilot.credits.nano_aiu_estimated" not in attrs[1]
     )
     o.sink.close()
+
+
+_PRICE = st.fractions(min_value=0, max_value=10**6, max_denominator=10**7)
+_COUNT = st.integers(min_value=0, max_value=10**9)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    prices=st.tuples(_PRICE, _PRICE, _PRICE, _PRICE),
+    counts=st.tuples(_COUNT, _COUNT, _COUNT, _COUNT),
+    auto=st.booleans(),
+)
+def test_the_integer_estimate_equals_the_exact_fraction_rounded_half_to_even(
+    prices: tuple[Fraction, Fraction, Fraction, Fraction], counts: tuple[int, int, int, int], auto: bool
+) -> None:
+    tier = Tier(*prices)
+    inp, cached, write, out = counts
+    tokens = Tokens(input=inp + cached + write, cached=cached, cache_write=write, output=out)
+    exact = inp * prices[0] + cached * prices[1] + write * prices[2] + out * prices[3]
+    if auto:
+        exact *= Fraction(9, 10)
+    assert estimate(ModelPrice(tier), tokens, auto) == round(exact)
+
+
+def test_rounding_of_an_exact_half_goes_to_the_even_neighbour() -> None:
+    half = ModelPrice(Tier(Fraction(1, 2), Fraction(0), Fraction(0), Fraction(1, 2)))
+    assert [estimate(half, Tokens(input=n)) for n in (1, 3, 5)] == [0, 2, 2]  # 0.5, 1.5, 2.5

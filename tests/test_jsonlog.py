@@ -99,6 +99,13 @@ def test_secrets_are_masked_in_any_field(tmp_path: Path) -> None:
         ("Basic YWxpY2U6czNjcjN0", "[REDACTED]"),
         ("github_pat_11ABCDEFG0123456789_abcdefghijklmnop", "[REDACTED]"),
         ("a normal sentence about tidy code", "a normal sentence about tidy code"),
+        # The regex matches case-insensitively; the cheap substring pre-check must not let these through.
+        ("BEARER abc.def", "[REDACTED]"),
+        ("GHP_ABCDEFGHIJKLMNOPQRSTUVWXYZ012345", "[REDACTED]"),
+        ("Ba\u017fic YWxpY2U6czNjcjN0", "[REDACTED]"),  # long s: IGNORECASE matches it to s, lower() does not
+        ("bas\u0131c YWxpY2U6czNjcjN0", "[REDACTED]"),  # dotless i
+        ("BA\u0130IC YWxpY2U6czNjcjN0".replace("\u0130I", "S\u0130"), "[REDACTED]"),  # dotted capital I
+        ("\u00e9t\u00e9 TID=0123456789abcdef;exp=1", "\u00e9t\u00e9 [REDACTED]"),
     ],
 )
 def test_redact_value(value: str, masked: str) -> None:
@@ -119,3 +126,11 @@ def test_masking_the_rendered_line_keeps_it_valid_json(tmp_path: Path) -> None:
     rec = json.loads(line)
     assert "abc" not in rec["error"] and "0123456789abcdef" not in rec["error"] and "gho_" not in rec["error"]
     assert rec["error"].startswith('say "[REDACTED]')
+
+
+def test_the_unrolled_hint_check_equals_the_hint_list() -> None:
+    from exporter.sinks.jsonlog import _SECRET_HINTS, _hinted
+
+    for hint in _SECRET_HINTS:
+        assert _hinted(f"x {hint} y"), hint
+    assert not _hinted('{"host": "api.githubcopilot.com", "path": "/chat/completions", "model": "gpt-5"}')
