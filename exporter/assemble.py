@@ -52,7 +52,13 @@ def _editor_version(call: InFlightCall) -> str | None:
 
 
 def build_event(
-    call: InFlightCall, resp: ResponseMeta, counter: Counter, bounds: LabelBounds, now: float, capture: bool
+    call: InFlightCall,
+    resp: ResponseMeta,
+    counter: Counter,
+    bounds: LabelBounds,
+    now: float,
+    capture: bool,
+    teams: tuple[str, ...] = (),
 ) -> UsageEvent:
     """The event of a call that ended at `now` (the tracker's clock)."""
     decision = decide(call, resp, counter)
@@ -100,4 +106,5 @@ def build_event(
         error=_error(call, resp, answer),
         prompt=call.facts.prompt if capture else None,
         completion=(answer.text or None) if capture and answer is not None else None,
+        teams=teams,
     )

@@ -187,6 +187,7 @@ class CallTracker:
         self.options = options or TrackerOptions()
         self.counter = counter or Counter()
         self.clients = ClientDirectory()
+        self.teams: Callable[[str], tuple[str, ...]] = _no_teams  # the user's teams (exporter.teams)
         self._calls: dict[str, InFlightCall] = {}
         self._sockets: dict[str, _Socket] = {}
 
@@ -340,7 +341,8 @@ class CallTracker:
                 log.info("copilot-proxy-insight: learned Copilot host %s", host)
 
     def _finished(self, call: InFlightCall, resp: ResponseMeta) -> Finished:
-        event = build_event(call, resp, self.counter, self.bounds, self.clock(), self.options.capture)
+        teams = self.teams(call.meta.user)
+        event = build_event(call, resp, self.counter, self.bounds, self.clock(), self.options.capture, teams)
         recording = None
         if self.options.record and wants_recording(event.kind, self.options.record_telemetry):
             recording = self._recording(call, resp)
@@ -417,6 +419,10 @@ class CallTracker:
         """Forget a flow without an event (e.g. a request the proxy answered itself)."""
         self._calls.pop(flow_id, None)
         self._sockets.pop(flow_id, None)
+
+
+def _no_teams(user: str) -> tuple[str, ...]:
+    return ()
 
 
 def _ignore(chunk: bytes) -> None:

@@ -49,6 +49,7 @@ class UsageEvent:
     error: str | None = None
     prompt: str | None = None  # only with content capture on
     completion: str | None = None  # only with content capture on
+    teams: tuple[str, ...] = ()  # the user's teams at call time, small teams already shown as "other"
 
     @property
     def day(self) -> str:
@@ -63,6 +64,7 @@ class UsageEvent:
         """The JSON log line's fields (without timestamp/event/level, which the logger adds)."""
         out = {name: getattr(self, name) for name in _LOG_FIELDS}
         out["tool_calls"] = list(self.tool_calls)
+        out["teams"] = list(self.teams)
         if self.prompt is None:
             del out["prompt"]
         if self.completion is None:

@@ -4,6 +4,9 @@ Versioned (`schema_version`) and documented in docs/reference.md. It holds every
 interaction of the UTC day: interactions by kind, editor and language; model calls by kind, model and
 initiator; tokens by kind, model and type; failed model calls by kind and code; skipped model calls by kind
 and reason. Built from events live, and from JSON log lines by the rebuild, with the same rule.
+Since the teams feature (still schema_version 1: optional keys), a user with teams has `teams` (the teams of
+the day's calls), and the document has a top-level `teams` roll-up: per team, its active users and the sum of
+their totals (a user in two teams counts in both, so teams never sum to the org total).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.events import UsageEvent
+from exporter.teams import MAX_TEAMS_PER_USER
 
 SCHEMA_VERSION = 1
 TOTAL_KEYS = ("interactions", "model_calls", "input_tokens", "output_tokens", "errors", "skipped")
@@ -60,6 +64,7 @@ class InsightDay:
         if not (counted or model_call):
             return False
         entry = self._user(_text(rec.get("user"), "anonymous"))
+        _add_teams(entry, rec.get("teams"))
         totals = entry["totals"]
         kind = _text(rec.get("kind"), "unknown")
         if counted:
@@ -103,6 +108,7 @@ class InsightDay:
                 "reasoning_tokens": event.reasoning_tokens,
                 "status": event.status,
                 "skip_reason": event.skip_reason,
+                "teams": event.teams,
             }
         )
 
@@ -119,6 +125,7 @@ class InsightDay:
                 mine["totals"][key] += _int(totals.get(key)) if isinstance(totals, dict) else 0
             for section in _SECTIONS:
                 _merge_tree(mine[section], entry.get(section))
+            _add_teams(mine, entry.get("teams"))
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(TOTAL_KEYS, 0)
@@ -127,11 +134,37 @@ class InsightDay:
                 out[key] += entry["totals"][key]
         return out
 
+    def team_rollup(self) -> dict[str, dict[str, Any]]:
+        """Per team: its users active this day and the sum of their totals."""
+        out: dict[str, dict[str, Any]] = {}
+        for entry in self.users.values():
+            for team in entry.get("teams", ()):
+                roll = out.setdefault(team, {"active_users": 0, "totals": dict.fromkeys(TOTAL_KEYS, 0)})
+                roll["active_users"] += 1
+                for key in TOTAL_KEYS:
+                    roll["totals"][key] += entry["totals"][key]
+        return dict(sorted(out.items()))
+
     def to_doc(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "day": self.day, "totals": self.totals(), "users": self.users}
+        doc = {"schema_version": SCHEMA_VERSION, "day": self.day, "totals": self.totals(), "users": self.users}
+        teams = self.team_rollup()
+        if teams:
+            doc["teams"] = teams
+        return doc
 
     def to_json(self) -> str:
         return json.dumps(self.to_doc(), indent=4, ensure_ascii=False)
+
+
+def _add_teams(entry: dict[str, Any], teams: Any) -> None:
+    """Adds the teams of a call (a list of names) to the user's teams of the day (kept sorted, bounded)."""
+    if not isinstance(teams, list | tuple) or not teams:
+        return
+    names = {str(t) for t in teams if isinstance(t, str) and t}
+    known = entry.get("teams")
+    if isinstance(known, list) and names.issubset(known):
+        return
+    entry["teams"] = sorted(names.union(known or ()))[:MAX_TEAMS_PER_USER]
 
 
 def _merge_tree(into: dict[str, Any], other: Any, depth: int = 0) -> None:

@@ -238,6 +238,14 @@ BUILD_INFO = MetricDef(
     "Always 1; labels carry the exporter and mitmproxy versions.",
 )
 
+USER_TEAM_INFO = MetricDef(
+    "copilot_user_team_info",
+    MetricType.GAUGE,
+    ("user", "team"),
+    "1 for each team of each user seen since start (teams under copilot_team_min_size show as 'other'); "
+    "join it on user for team views.",
+)
+
 METRICS: tuple[MetricDef, ...] = (
     REQUESTS,
     MODEL_CALLS,
@@ -252,6 +260,7 @@ METRICS: tuple[MetricDef, ...] = (
     EXPORTER_ERRORS,
     LABEL_OVERFLOWS,
     BUILD_INFO,
+    USER_TEAM_INFO,
 )
 
 

@@ -24,6 +24,7 @@ from exporter.sinks.daily import DailySink
 from exporter.sinks.jsonlog import JsonLogSink
 from exporter.sinks.prometheus import PrometheusSink
 from exporter.sinks.recorder import RecorderSink
+from exporter.teams import TeamDirectory
 from exporter.writer import BackgroundWriter, ErrorReporter
 
 log = logging.getLogger("copilot_proxy_insight")
@@ -50,6 +51,12 @@ class Outputs:
         self.prometheus = PrometheusSink()
         self.prometheus.build_info(__version__, mitmproxy_version)
         self.dispatcher = Dispatcher(self.errors, self.policy, [self.prometheus, *extra_sinks])
+        self.teams = TeamDirectory(self._team_error, self.errors.recovered)
+        # Users seen with teams (insertion-ordered, capped like the user label): the info metric's users.
+        self._team_users: dict[str, None] = {}
+        self._max_team_users = 500
+        self._team_state: tuple[int, int] = (-1, -1)
+        self.writer.every_interval("teams", self._refresh_teams)
         self.server: MetricsServer | None = None
         self.running = False
 
@@ -59,8 +66,25 @@ class Outputs:
     def _overflow(self, label: str) -> None:
         self.dispatcher.health(LabelOverflow(label))
 
+    def _team_error(self, component: str, message: str) -> None:
+        # WARNING: mitmdump exits on an ERROR logged while it starts, and the proxy must run without teams.
+        self.errors.failed(component, message, level=logging.WARNING)
+
     def emit(self, event: UsageEvent, recording: Any = None) -> None:
+        if event.teams and event.user not in self._team_users and len(self._team_users) < self._max_team_users:
+            self._team_users[event.user] = None
         self.dispatcher.emit(event, recording)
+
+    def _refresh_teams(self) -> None:
+        """Writer thread: re-reads a changed team map, then brings copilot_user_team_info up to date."""
+        self.teams.poll()
+        users = tuple(self._team_users)  # one C-level copy: the event loop may add users meanwhile
+        state = (self.teams.version, len(users))
+        if state == self._team_state:
+            return
+        of = self.teams.of
+        self.prometheus.team_info({(user, team) for user in users for team in of(user)})
+        self._team_state = state
 
     def health(self, signal: Health) -> None:
         self.dispatcher.health(signal)
@@ -75,6 +99,9 @@ class Outputs:
         self.writer.set_interval(new.flush_interval_s)
         if old is None or new.caps != old.caps:
             self.policy.set_caps(new.caps.max_users, new.caps.max_models, new.caps.max_series)
+            self._max_team_users = new.caps.max_users
+        if old is None or new.teams != old.teams or new.pseudonym_key != old.pseudonym_key:
+            self.teams.configure(new.teams, new.pseudonym_key)
         if old is None or new.otel != old.otel:
             self._build_otel(new.otel)
         if old is None or new.files != old.files:
@@ -168,5 +195,6 @@ class Outputs:
         otel = self.dispatcher.replace("otel", None)
         if otel is not None:
             otel.close()  # returns within its close timeout even when the collector is away
+        self.teams.stop()
         self.writer.stop()
         self.dispatcher.close()
