@@ -38,6 +38,7 @@ UIDS = {
     "copilot-usage.json": "copilot-usage",
     "copilot-performance.json": "copilot-performance",
     "copilot-exporter-health.json": "copilot-exporter-health",
+    "copilot-teams.json": "copilot-teams",
 }
 CHAIN = ("user", "editor", "language", "kind")
 LOGS_QUERY = '{job="copilot-proxy-insight"} | json | user=~"$user" | kind=~"$kind"'
