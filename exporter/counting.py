@@ -136,7 +136,10 @@ class Counter:
                     reason = Skip.AUXILIARY
             return Decision(False, reason, initiator, source)
         if call.interaction_id:
-            if self.turns.get(call.interaction_id, now) is not None:
+            # Stateless first: a user-initiated call whose last message is not the user's (tool results,
+            # the post-turn suggestions) continues a turn, so a replica that never saw the turn's first call
+            # does not count it again (docs/counting.md, "Several replicas").
+            if call.user_last is False or self.turns.get(call.interaction_id, now) is not None:
                 return Decision(False, Skip.TURN_FOLLOWUP, initiator, source)
             self.turns.add(call.interaction_id, now, call.intent or "")
         return Decision(True, None, initiator, source)

@@ -25,8 +25,9 @@ _SECTIONS = ("interactions", "model_calls", "tokens", "errors", "skipped")
 _TOKEN_TYPES = ("input", "output", "cached", "reasoning")
 
 
-def insight_path(data_dir: Path, day: str) -> Path:
-    return data_dir / "metrics" / f"copilot-insight_{day}.json"
+def insight_path(data_dir: Path, day: str, instance: str = "") -> Path:
+    suffix = f".{instance}" if instance else ""
+    return data_dir / "metrics" / f"copilot-insight_{day}{suffix}.json"
 
 
 def _bump(tree: dict[str, Any], keys: Iterable[str], n: int) -> None:

@@ -115,9 +115,11 @@ class Outputs:
         if isinstance(old, JsonLogSink):
             self.writer.submit("jsonlog", old.close)
             self.writer.flush()
-        jsonlog = JsonLogSink(files.data_dir, files.log_json, self.writer, log_skipped=files.log_skipped)
+        jsonlog = JsonLogSink(
+            files.data_dir, files.log_json, self.writer, log_skipped=files.log_skipped, instance=files.instance_id
+        )
         self.dispatcher.replace("jsonlog", jsonlog)
-        self.dispatcher.replace("daily", DailySink(files.data_dir, self.writer))
+        self.dispatcher.replace("daily", DailySink(files.data_dir, self.writer, files.instance_id))
         recorder = RecorderSink(files.data_dir, self.writer, files.record_telemetry) if files.record else None
         self.dispatcher.replace("recorder", recorder)
 

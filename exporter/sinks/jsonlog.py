@@ -61,8 +61,10 @@ def _ends_mid_line(path: Path) -> bool:
         return f.read(1) != b"\n"
 
 
-def log_path(data_dir: Path, day: str) -> Path:
-    return data_dir / "events" / f"copilot-events_{day}.jsonl"
+def log_path(data_dir: Path, day: str, instance: str = "") -> Path:
+    """The day's event log; with an instance id (one replica of several sharing the data dir) its own file."""
+    suffix = f".{instance}" if instance else ""
+    return data_dir / "events" / f"copilot-events_{day}{suffix}.jsonl"
 
 
 class _LineSink:
@@ -92,10 +94,12 @@ class JsonLogSink:
         writer: BackgroundWriter,
         stdout: IO[str] | None = None,
         log_skipped: bool = True,
+        instance: str = "",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown JSON log mode {mode!r}")
         self._dir = data_dir
+        self._instance = instance
         self._to_file = mode in ("file", "both")
         self._to_stdout = mode in ("stdout", "both")
         self._stdout = stdout if stdout is not None else sys.stdout
@@ -166,7 +170,7 @@ class JsonLogSink:
         if self._to_file:
             if self._file is None or self._file_day != day:
                 self._close()
-                path = log_path(self._dir, day)
+                path = log_path(self._dir, day, self._instance)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115 (kept open across batches)
                 self._file_day = day
