@@ -137,11 +137,7 @@ def _validate(*paths: Path) -> subprocess.CompletedProcess[str]:
 def _manifests() -> dict[str, dict[str, Any]]:
     """One manifest per kind (the proxy Service; the headless metrics Service is `_metrics_service()`)."""
     docs = [doc for path in sorted(K8S.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text())]
-    return {
-        d["kind"]: d
-        for d in docs
-        if d["spec" if "spec" in d else "kind"] and d.get("spec", {}).get("clusterIP") != "None"
-    }
+    return {d["kind"]: d for d in docs if d.get("spec", {}).get("clusterIP") != "None"}
 
 
 def _metrics_service() -> dict[str, Any]:
