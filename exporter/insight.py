@@ -113,6 +113,16 @@ class InsightDay:
             }
         )
 
+    def add_count(self, user: str, section: str, keys: tuple[str, ...], n: int, total: str | None) -> None:
+        """Adds `n` to one leaf of a user's section (and to a total): for summaries built from counters."""
+        entry = self._user(user)
+        _bump(entry[section], keys, n)
+        if total is not None:
+            entry["totals"][total] += n
+
+    def add_teams(self, user: str, teams: Iterable[str]) -> None:
+        _add_teams(self._user(user), list(teams))
+
     def merge(self, doc: Any) -> None:
         """Adds the counts of an extended summary document (a file written earlier the same day)."""
         if not isinstance(doc, dict) or not isinstance(doc.get("users"), dict):

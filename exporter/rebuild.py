@@ -91,6 +91,28 @@ def rebuild(data_dir: Path, day: str, write: bool = True) -> tuple[str, int]:
     return text, bad
 
 
+def prometheus_insight_path(out: Path, day: str) -> Path:
+    return out / "metrics" / f"copilot-insight_{day}.from-prometheus.json"
+
+
+def _from_prometheus(url: str, days: list[str], out: Path, stdout: bool) -> int:
+    from exporter.fleet import insight_from_prometheus, prometheus_fetch
+
+    fetch = prometheus_fetch(url)
+    for day in days:
+        try:
+            text = insight_from_prometheus(fetch, day).to_json()
+        except (OSError, ValueError) as e:
+            print(f"{day}: cannot read Prometheus at {url}: {e}", file=sys.stderr)
+            return 1
+        if stdout:
+            print(text)
+        else:
+            write_atomically(prometheus_insight_path(out, day), text)
+            print(f"{day}: wrote {prometheus_insight_path(out, day)} from {url}", file=sys.stderr)
+    return 0
+
+
 def _day(value: str) -> str:
     try:
         return datetime.strptime(value, "%Y-%m-%d").strftime("%Y-%m-%d")
@@ -115,12 +137,21 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="write the summaries under this directory's metrics/ instead of the data dir's",
     )
+    parser.add_argument(
+        "--prometheus",
+        metavar="URL",
+        default="",
+        help="build the extended summary from Prometheus at URL instead (exact increases from the raw samples; "
+        "written as metrics/copilot-insight_<day>.from-prometheus.json)",
+    )
     parser.add_argument("--stdout", action="store_true", help="print the summary instead of writing the files")
     parser.add_argument(
         "--extended", action="store_true", help="with --stdout: print the extended summary instead of the original"
     )
     args = parser.parse_args(argv)
     days = args.days or [datetime.now(UTC).strftime("%Y-%m-%d")]
+    if args.prometheus:
+        return _from_prometheus(args.prometheus, days, args.output_dir or args.data_dir, args.stdout)
     status = 0
     for day in days:
         try:

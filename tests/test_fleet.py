@@ -138,3 +138,68 @@ def test_a_replica_sweeps_only_its_own_stale_temp_files(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
     remove_stale_temp_files(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == [names[2]]
+
+
+# -- the summary built from Prometheus -------------------------------------------------------------------
+
+START = 1_796_169_600.0  # 2026-12-02T00:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("samples", "expected"),
+    [
+        ([(START - 60, 5), (START + 60, 7), (START + 120, 9)], 4),  # the baseline is the last sample before
+        ([(START + 60, 1), (START + 120, 3)], 3),  # born during the day: its first sample counts from 0
+        ([(START - 60, 5), (START + 60, 8), (START + 120, 2), (START + 180, 4)], 3 + 2 + 2),  # a reset
+        ([(START - 120, 4), (START - 60, 6)], 0),  # nothing during the day
+        ([(START - 60, 6), (START + 3600, 6)], 0),
+    ],
+)
+def test_series_increase_is_exact_where_increase_extrapolates(
+    samples: list[tuple[float, float]], expected: float
+) -> None:
+    from exporter.fleet import series_increase
+
+    assert series_increase(samples, START) == expected
+
+
+def test_the_prometheus_summary_sums_replicas_and_keys_like_the_extended_summary() -> None:
+    from exporter.fleet import insight_from_prometheus
+
+    day = "2026-12-02"
+    calls: list[str] = []
+
+    def fetch(query: str, at: float) -> list[dict[str, Any]]:
+        calls.append(query)
+        assert at == START + 86400
+        req = {
+            "job": "copilot-proxy-insight",
+            "user": "alice",
+            "editor": "vscode",
+            "language": "python",
+            "kind": "completion",
+        }
+        series = {
+            "copilot_requests_total": [
+                {"metric": req | {"instance": "a"}, "values": [[START - 30, "2"], [START + 30, "5"]]},
+                {"metric": req | {"instance": "b"}, "values": [[START + 30, "1"]]},
+            ],
+            "copilot_tokens_total": [
+                {
+                    "metric": {"user": "alice", "kind": "completion", "model": "m", "type": "input", "instance": "a"},
+                    "values": [[START + 30, "40"]],
+                },
+            ],
+            "copilot_user_team_info": [
+                {"metric": {"user": "alice", "team": "backend"}, "values": [[START + 30, "1"]]},
+            ],
+        }
+        return series.get(query.split("{", 1)[0], [])
+
+    doc = insight_from_prometheus(fetch, day).to_doc()
+    alice = doc["users"]["alice"]
+    assert alice["interactions"] == {"completion": {"vscode": {"python": 4}}}
+    assert alice["tokens"] == {"completion": {"m": {"input": 40}}}
+    assert alice["totals"]["interactions"] == 4 and alice["totals"]["input_tokens"] == 40
+    assert alice["teams"] == ["backend"] and doc["teams"]["backend"]["totals"]["interactions"] == 4
+    assert all('{job="copilot-proxy-insight"}[' in q for q in calls)
