@@ -62,7 +62,7 @@ FEATURES: dict[str, tuple[tuple[str, str], ...]] = {
         ("exporter.budgets", "CostSink.handle"),
         ("exporter.calls", "CallTracker._learn"),
     ),
-    "teams": (("exporter.teams", "TeamSink.handle"), ("exporter.teams", "TeamDirectory.teams_of")),
+    "teams": (("exporter.teams", "TeamDirectory.of"), ("exporter.outputs", "Outputs._track_teams")),
     "secrets": (
         ("exporter.governance", "Governance.observe_request"),
         ("exporter.secrets", "SecretScanner.submit"),

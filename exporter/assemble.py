@@ -111,6 +111,7 @@ def build_event(
     now: float,
     capture: bool,
     prices: PriceBook | None = None,
+    teams: tuple[str, ...] = (),
 ) -> UsageEvent:
     """The event of a call that ended at `now` (the tracker's clock)."""
     decision = decide(call, resp, counter)
@@ -160,6 +161,7 @@ def build_event(
         completion=(answer.text or None) if capture and answer is not None else None,
         telemetry=call.telemetry,
         **_cost(call, resp, answer, decision.skip.value if decision.skip else None, prices or _PRICES),
+        teams=teams,
     )
 
 

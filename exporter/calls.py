@@ -199,6 +199,7 @@ class CallTracker:
         self.counter = counter or Counter()
         self.clients = ClientDirectory()
         self.prices = PriceBook()  # learns /models prices; its table is set from copilot_price_table
+        self.teams: Callable[[str], tuple[str, ...]] = _no_teams  # the user's teams (exporter.teams)
         self._calls: dict[str, InFlightCall] = {}
         self._sockets: dict[str, _Socket] = {}
         self.acceptance = AcceptanceState(clock)
@@ -389,7 +390,10 @@ class CallTracker:
                 self._read_telemetry(call, resp)
             except Exception as e:  # a bug here must not lose the post's own event
                 self.errors.failed("telemetry", e)
-        event = build_event(call, resp, self.counter, self.bounds, self.clock(), self.options.capture, self.prices)
+        teams = self.teams(call.meta.user)
+        event = build_event(
+            call, resp, self.counter, self.bounds, self.clock(), self.options.capture, self.prices, teams
+        )
         recording = None
         if self.options.record and wants_recording(event.kind, self.options.record_telemetry):
             recording = self._recording(call, resp)
@@ -472,6 +476,10 @@ class CallTracker:
         """Forget a flow without an event (e.g. a request the proxy answered itself)."""
         self._calls.pop(flow_id, None)
         self._sockets.pop(flow_id, None)
+
+
+def _no_teams(user: str) -> tuple[str, ...]:
+    return ()
 
 
 def _ignore(chunk: bytes) -> None:

@@ -159,7 +159,10 @@ class Counter:
         iid = call.interaction_id
         if initiator == "user":
             if iid:
-                if self.turns.get(iid, now) is not None:
+                # Stateless first: a user-initiated call whose last message is not the user's (tool results,
+                # the post-turn suggestions) continues a turn, so a replica that never saw the turn's first
+                # call does not count it again (docs/counting.md, "Several replicas").
+                if call.user_last is False or self.turns.get(iid, now) is not None:
                     return Decision(False, Skip.TURN_FOLLOWUP, initiator, source)
                 self.turns.add(iid, now, self.pending.get(iid, now) or _turn_of(call))
                 self.pending.discard(iid)

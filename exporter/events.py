@@ -68,6 +68,7 @@ class UsageEvent:
     error_code: str | None = None  # bounded error.code of a failed answer (credits.ERROR_CODES, other, none)
     quota: str | None = None  # quota / rate-limit snapshots of the answer as JSON text (exporter.quota)
     copilot_plan: str | None = None  # copilot_internal/user copilot_plan
+    teams: tuple[str, ...] = ()  # the user's teams at call time, small teams already shown as "other"
 
     @property
     def day(self) -> str:
@@ -84,6 +85,7 @@ class UsageEvent:
         """The JSON log line's fields (without timestamp/event/level, which the logger adds)."""
         out = {name: getattr(self, name) for name in _LOG_FIELDS}
         out["tool_calls"] = list(self.tool_calls)
+        out["teams"] = list(self.teams)
         if self.prompt is None:
             del out["prompt"]
         if self.completion is None:

@@ -104,6 +104,7 @@ class CopilotInsight:
         self.outputs = Outputs(mitmproxy_version.VERSION, sinks)
         self.hosts = HostTable()
         self.tracker = CallTracker(self.hosts, self.outputs.policy.bounds, self.outputs.errors, clock)
+        self.tracker.teams = self.outputs.teams.of
         self.interception = Interception(self.hosts)
         self.users = ConnectionUsers(lambda: self.outputs.health(AuthFailure()))
         self.addons = [self.interception, self.users]

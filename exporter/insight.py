@@ -6,6 +6,9 @@ initiator; tokens by kind, model and type; failed model calls by kind and code; 
 and reason; AI credits (nano-AIU) by source, model and kind (only for users with credits); and, per
 user, `acceptance` from the clients' telemetry posts (null when none was seen that day). Built from
 events live, and from JSON log lines by the rebuild, with the same rule.
+Since the teams feature (still schema_version 1: optional keys), a user with teams has `teams` (the teams of
+the day's calls), and the document has a top-level `teams` roll-up: per team, its active users and the sum of
+their totals (a user in two teams counts in both, so teams never sum to the org total).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 from exporter.acceptance import AcceptanceTally
 from exporter.events import UsageEvent
+from exporter.teams import MAX_TEAMS_PER_USER
 
 SCHEMA_VERSION = 1
 TOTAL_KEYS = ("interactions", "model_calls", "input_tokens", "output_tokens", "errors", "skipped")
@@ -26,8 +30,9 @@ CREDIT_SOURCES = ("server", "estimated")
 _CREDIT_TREES = ("by_source", "by_model", "by_kind")
 
 
-def insight_path(data_dir: Path, day: str) -> Path:
-    return data_dir / "metrics" / f"copilot-insight_{day}.json"
+def insight_path(data_dir: Path, day: str, instance: str = "") -> Path:
+    suffix = f".{instance}" if instance else ""
+    return data_dir / "metrics" / f"copilot-insight_{day}{suffix}.json"
 
 
 def _bump(tree: dict[str, Any], keys: Iterable[str], n: int) -> None:
@@ -71,6 +76,7 @@ class InsightDay:
         if not (counted or model_call):
             return isinstance(telemetry, dict)
         entry = self._user(user)
+        _add_teams(entry, rec.get("teams"))
         totals = entry["totals"]
         kind = _text(rec.get("kind"), "unknown")
         if counted:
@@ -124,8 +130,19 @@ class InsightDay:
                 "skip_reason": event.skip_reason,
                 "credits_nano_aiu": event.credits_nano_aiu,
                 "credits_source": event.credits_source,
+                "teams": event.teams,
             }
         )
+
+    def add_count(self, user: str, section: str, keys: tuple[str, ...], n: int, total: str | None) -> None:
+        """Adds `n` to one leaf of a user's section (and to a total): for summaries built from counters."""
+        entry = self._user(user)
+        _bump(entry[section], keys, n)
+        if total is not None:
+            entry["totals"][total] += n
+
+    def add_teams(self, user: str, teams: Iterable[str]) -> None:
+        _add_teams(self._user(user), list(teams))
 
     def merge(self, doc: Any) -> None:
         """Adds the counts of an extended summary document (a file written earlier the same day)."""
@@ -143,6 +160,7 @@ class InsightDay:
             if isinstance(entry.get("acceptance"), dict):
                 self._tally(str(user)).merge(entry["acceptance"])
             _merge_credits(mine, entry.get("credits"))
+            _add_teams(mine, entry.get("teams"))
 
     def totals(self) -> dict[str, int]:
         out = dict.fromkeys(TOTAL_KEYS, 0)
@@ -156,9 +174,24 @@ class InsightDay:
         tally = self.acceptance.get(user)
         return tally.to_doc() if tally is not None and tally.seen else None
 
+    def team_rollup(self) -> dict[str, dict[str, Any]]:
+        """Per team: its users active this day and the sum of their totals."""
+        out: dict[str, dict[str, Any]] = {}
+        for entry in self.users.values():
+            for team in entry.get("teams", ()):
+                roll = out.setdefault(team, {"active_users": 0, "totals": dict.fromkeys(TOTAL_KEYS, 0)})
+                roll["active_users"] += 1
+                for key in TOTAL_KEYS:
+                    roll["totals"][key] += entry["totals"][key]
+        return dict(sorted(out.items()))
+
     def to_doc(self) -> dict[str, Any]:
         users = {user: {**entry, "acceptance": self._acceptance_doc(user)} for user, entry in self.users.items()}
-        return {"schema_version": SCHEMA_VERSION, "day": self.day, "totals": self.totals(), "users": users}
+        doc = {"schema_version": SCHEMA_VERSION, "day": self.day, "totals": self.totals(), "users": users}
+        teams = self.team_rollup()
+        if teams:
+            doc["teams"] = teams
+        return doc
 
     def to_json(self) -> str:
         return json.dumps(self.to_doc(), indent=4, ensure_ascii=False)
@@ -190,6 +223,17 @@ def _merge_credits(mine: dict[str, Any], other: Any) -> None:
     credits["nano_aiu"] += _int(other.get("nano_aiu"))
     for tree in _CREDIT_TREES:
         _merge_tree(credits[tree], other.get(tree), 4)
+
+
+def _add_teams(entry: dict[str, Any], teams: Any) -> None:
+    """Adds the teams of a call (a list of names) to the user's teams of the day (kept sorted, bounded)."""
+    if not isinstance(teams, list | tuple) or not teams:
+        return
+    names = {str(t) for t in teams if isinstance(t, str) and t}
+    known = entry.get("teams")
+    if isinstance(known, list) and names.issubset(known):
+        return
+    entry["teams"] = sorted(names.union(known or ()))[:MAX_TEAMS_PER_USER]
 
 
 def _merge_tree(into: dict[str, Any], other: Any, depth: int = 0) -> None:

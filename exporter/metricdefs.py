@@ -406,6 +406,13 @@ BUDGET_PROJECTED = MetricDef(
     "Month-to-date AI credits extrapolated linearly to the end of the UTC month.",
     collected=True,
 )
+USER_TEAM_INFO = MetricDef(
+    "copilot_user_team_info",
+    MetricType.GAUGE,
+    ("user", "team"),
+    "1 for each team of each user seen since start (teams under copilot_team_min_size show as 'other'); "
+    "join it on user for team views.",
+)
 
 METRICS: tuple[MetricDef, ...] = (
     REQUESTS,
@@ -439,6 +446,7 @@ METRICS: tuple[MetricDef, ...] = (
     BUDGET_ALLOWANCE,
     BUDGET_USED,
     BUDGET_PROJECTED,
+    USER_TEAM_INFO,
 )
 
 

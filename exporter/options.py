@@ -228,6 +228,63 @@ OPTIONS: tuple[Option, ...] = (
         "21600",
         "Seconds a user's last quota or rate-limit snapshot stays in /metrics without a newer one.",
     ),
+    Option(
+        "copilot_team_map",
+        str,
+        "",
+        "Team membership file: CSV rows user,team or YAML team: [users]; re-read within seconds when it "
+        "changes. See docs/teams.md.",
+    ),
+    Option(
+        "copilot_team_min_size",
+        int,
+        5,
+        "Teams with fewer members than this are shown as 'other' in every output, so no team view singles "
+        "out a person.",
+    ),
+    Option(
+        "copilot_team_ldap_url",
+        str,
+        "",
+        "LDAP server for team membership from groups, ldap://host[:port] or ldaps://host[:port]; empty: off.",
+    ),
+    Option(
+        "copilot_team_ldap_bind_dn",
+        str,
+        "",
+        "DN of a read-only service account for the group lookup; empty: anonymous bind.",
+    ),
+    Option(
+        "copilot_team_ldap_password",
+        str,
+        "",
+        "Password of copilot_team_ldap_bind_dn; '@/path/to/file' reads it from a file.",
+    ),
+    Option(
+        "copilot_team_ldap_base",
+        str,
+        "",
+        "DN under which groups are searched (e.g. ou=groups,dc=example,dc=org); each group's cn is a team.",
+    ),
+    Option(
+        "copilot_team_ldap_filter",
+        str,
+        "(objectClass=groupOfNames)",
+        "LDAP filter selecting the groups that are teams.",
+    ),
+    Option(
+        "copilot_team_ldap_refresh",
+        str,
+        "3600",
+        "Seconds between LDAP group lookups (off the request path; the last good groups are kept on failure).",
+    ),
+    Option(
+        "copilot_instance_id",
+        str,
+        "",
+        "This replica's name when several proxies share one data dir: it is added to the event log and "
+        "summary file names (copilot-events_<day>.<id>.jsonl). Empty: one proxy, plain file names.",
+    ),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 INTERCEPTION_OPTIONS = ("copilot_intercept", "copilot_hosts")

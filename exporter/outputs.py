@@ -18,13 +18,14 @@ from exporter import __version__
 from exporter.budgets import CostSink
 from exporter.dispatch import Dispatcher, ExporterError, Health, LabelEvicted, LabelOverflow, Sink
 from exporter.events import UsageEvent
-from exporter.labels import LabelPolicy
+from exporter.labels import OTHER, LabelPolicy
 from exporter.metrics_server import MetricsServer, serve_metrics
 from exporter.settings import Files, MetricsEndpoint, OtelOptions, Settings, SettingsError
 from exporter.sinks.daily import DailySink
 from exporter.sinks.jsonlog import JsonLogSink
 from exporter.sinks.prometheus import PrometheusSink
 from exporter.sinks.recorder import RecorderSink
+from exporter.teams import TeamDirectory
 from exporter.writer import BackgroundWriter, ErrorReporter
 
 log = logging.getLogger("copilot_proxy_insight")
@@ -54,6 +55,14 @@ class Outputs:
         self.prometheus.registry.register(self.cost.quota)
         self.prometheus.registry.register(self.cost.budget)
         self.dispatcher = Dispatcher(self.errors, self.policy, [self.prometheus, self.cost, *extra_sinks])
+        self.teams = TeamDirectory(self._team_error, self.errors.recovered)
+        # Users seen with teams (insertion-ordered, capped like the user label): the info metric's users, by
+        # their user label (a user folded into `other` has no team series; an evicted user's go).
+        self._team_users: dict[str, None] = {}
+        self._max_team_users = 500
+        self._team_changes = 0  # bumped on every change of _team_users (the event loop's), read by the writer
+        self._team_state: tuple[int, int] = (-1, -1)
+        self.writer.every_interval("teams", self._refresh_teams)
         self.server: MetricsServer | None = None
         self.running = False
 
@@ -64,10 +73,37 @@ class Outputs:
         self.dispatcher.health(LabelOverflow(label))
 
     def _evicted(self, user: str) -> None:
+        if self._team_users.pop(user, 0) is None:
+            self._team_changes += 1
         self.dispatcher.health(LabelEvicted("user", user))
+
+    def _team_error(self, component: str, message: str) -> None:
+        # WARNING: mitmdump exits on an ERROR logged while it starts, and the proxy must run without teams.
+        self.errors.failed(component, message, level=logging.WARNING)
 
     def emit(self, event: UsageEvent, recording: Any = None) -> None:
         self.dispatcher.emit(event, recording)
+        if event.teams:
+            self._track_teams(event)
+
+    def _track_teams(self, event: UsageEvent) -> None:
+        """Keeps the event's user for copilot_user_team_info, by the user label the dispatcher just gave it."""
+        label = self.policy.user(event.user, False, event.timestamp.timestamp(), {"user"})  # no 2nd overflow count
+        if label != OTHER and label not in self._team_users and len(self._team_users) < self._max_team_users:
+            self._team_users[label] = None
+            self._team_changes += 1
+
+    def _refresh_teams(self) -> None:
+        """Writer thread: re-reads a changed team map, then brings copilot_user_team_info up to date."""
+        self.teams.poll()
+        changes = self._team_changes
+        users = tuple(self._team_users)  # one C-level copy: the event loop may add users meanwhile
+        state = (self.teams.version, changes)
+        if state == self._team_state:
+            return
+        of = self.teams.of
+        self.prometheus.team_info({(user, team) for user in users for team in of(user)})
+        self._team_state = state
 
     def health(self, signal: Health) -> None:
         self.dispatcher.health(signal)
@@ -82,6 +118,9 @@ class Outputs:
         self.writer.set_interval(new.flush_interval_s)
         if old is None or new.caps != old.caps:
             self.policy.set_caps(new.caps.max_users, new.caps.max_models, new.caps.max_series)
+            self._max_team_users = new.caps.max_users
+        if old is None or new.teams != old.teams or new.pseudonym_key != old.pseudonym_key:
+            self.teams.configure(new.teams, new.pseudonym_key)
         if old is None or new.otel != old.otel:
             self._build_otel(new.otel)
         if old is None or new.files != old.files:
@@ -99,9 +138,11 @@ class Outputs:
         if isinstance(old, JsonLogSink):
             self.writer.submit("jsonlog", old.close)
             self.writer.flush()
-        jsonlog = JsonLogSink(files.data_dir, files.log_json, self.writer, log_skipped=files.log_skipped)
+        jsonlog = JsonLogSink(
+            files.data_dir, files.log_json, self.writer, log_skipped=files.log_skipped, instance=files.instance_id
+        )
         self.dispatcher.replace("jsonlog", jsonlog)
-        self.dispatcher.replace("daily", DailySink(files.data_dir, self.writer))
+        self.dispatcher.replace("daily", DailySink(files.data_dir, self.writer, files.instance_id))
         recorder = RecorderSink(files.data_dir, self.writer, files.record_telemetry) if files.record else None
         self.dispatcher.replace("recorder", recorder)
 
@@ -180,6 +221,7 @@ class Outputs:
         otel = self.dispatcher.replace("otel", None)
         if otel is not None:
             otel.close()  # returns within its close timeout even when the collector is away
+        self.teams.stop()
         if self.writer.stop():
             self.dispatcher.close()
         # else: a write never returned (a hung mount): closing the file it holds would hang the stop too

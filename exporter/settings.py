@@ -40,6 +40,7 @@ class Files:
     record: bool = False
     record_telemetry: bool = False
     record_max_bytes: int = 1_000_000
+    instance_id: str = ""  # '': one proxy (plain file names); else this replica's name, added to file names
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,24 @@ class CostOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class TeamOptions:
+    """Where membership comes from: a map file, LDAP groups (both optional), and the minimum team size."""
+
+    map_path: str = ""
+    min_size: int = 5
+    ldap_url: str = ""
+    ldap_bind_dn: str = ""
+    ldap_password: str = field(default="", repr=False)
+    ldap_base: str = ""
+    ldap_filter: str = "(objectClass=groupOfNames)"
+    ldap_refresh_s: float = 3600.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.map_path or self.ldap_url)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     intercept_all: bool = False
     hosts: tuple[str, ...] = ()
@@ -88,6 +107,7 @@ class Settings:
     metrics: MetricsEndpoint = MetricsEndpoint()
     otel: OtelOptions = OtelOptions()
     cost: CostOptions = CostOptions()
+    teams: TeamOptions = TeamOptions()
 
 
 Getter = Callable[[str], Any]
@@ -166,6 +186,18 @@ def _hosts(get: Getter) -> tuple[str, ...]:
     return patterns
 
 
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _instance_id(get: Getter) -> str:
+    value = str(get("copilot_instance_id")).strip()
+    if value and not _INSTANCE_ID.match(value):
+        raise SettingsError(
+            f"copilot_instance_id={value!r}: expected up to 63 letters, digits, '.', '_' or '-' (a host or pod name)"
+        )
+    return value
+
+
 def _files(get: Getter) -> Files:
     data_dir = str(get("copilot_data_dir"))
     if not data_dir.strip():
@@ -177,6 +209,7 @@ def _files(get: Getter) -> Files:
         record=_bool(get, "copilot_record"),
         record_telemetry=_bool(get, "copilot_record_telemetry"),
         record_max_bytes=_int(get, "copilot_record_max_bytes", 1),
+        instance_id=_instance_id(get),
     )
 
 
@@ -223,6 +256,31 @@ def _cost(get: Getter) -> CostOptions:
     return CostOptions(table, budgets, seconds(get("copilot_quota_ttl"), "copilot_quota_ttl"))
 
 
+def _teams(get: Getter) -> TeamOptions:
+    url = str(get("copilot_team_ldap_url")).strip()
+    base = str(get("copilot_team_ldap_base")).strip()
+    if url and not url.lower().startswith(("ldap://", "ldaps://")):
+        raise SettingsError(f"copilot_team_ldap_url={url!r}: expected ldap://host[:port] or ldaps://host[:port]")
+    if url and not base:
+        raise SettingsError("copilot_team_ldap_base='': expected the DN the groups are searched under")
+    ldap_filter = str(get("copilot_team_ldap_filter")).strip()
+    if not (ldap_filter.startswith("(") and ldap_filter.endswith(")")):
+        raise SettingsError(f"copilot_team_ldap_filter={ldap_filter!r}: expected an LDAP filter in parentheses")
+    map_path = str(get("copilot_team_map")).strip()
+    if map_path and not map_path.lower().endswith((".csv", ".yaml", ".yml")):
+        raise SettingsError(f"copilot_team_map={map_path!r}: expected a .csv, .yaml or .yml file")
+    return TeamOptions(
+        map_path=map_path,
+        min_size=_int(get, "copilot_team_min_size", 1),
+        ldap_url=url,
+        ldap_bind_dn=str(get("copilot_team_ldap_bind_dn")).strip(),
+        ldap_password=secret_value(str(get("copilot_team_ldap_password")), "copilot_team_ldap_password"),
+        ldap_base=base,
+        ldap_filter=ldap_filter,
+        ldap_refresh_s=seconds(get("copilot_team_ldap_refresh"), "copilot_team_ldap_refresh"),
+    )
+
+
 def settings_from(get: Getter) -> Settings:
     """Every copilot_* option, parsed and checked; raises SettingsError naming the first bad one."""
     pseudonym_key = secret_value(str(get("copilot_pseudonym_key")), "copilot_pseudonym_key")
@@ -241,4 +299,5 @@ def settings_from(get: Getter) -> Settings:
         metrics=_metrics(get),
         otel=_otel(get, bool(pseudonym_key)),
         cost=_cost(get),
+        teams=_teams(get),
     )

@@ -40,6 +40,7 @@ UIDS = {
     "copilot-exporter-health.json": "copilot-exporter-health",
     "copilot-acceptance.json": "copilot-acceptance",
     "copilot-cost.json": "copilot-cost",
+    "copilot-teams.json": "copilot-teams",
 }
 CHAIN = ("user", "editor", "language", "kind")
 LOGS_QUERY = '{job="copilot-proxy-insight"} | json | user=~"$user" | kind=~"$kind"'

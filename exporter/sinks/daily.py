@@ -16,11 +16,14 @@ from exporter.insight import InsightDay, insight_path
 from exporter.writer import BackgroundWriter
 
 _CHAT = frozenset(k.value for k in CHAT_KINDS)
+DAY_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
 _COMPLETION = Kind.COMPLETION.value
 
 
-def summary_path(data_dir: Path, day: str) -> Path:
-    return data_dir / "metrics" / f"copilot-usage_{day}.json"
+def summary_path(data_dir: Path, day: str, instance: str = "") -> Path:
+    """The day's summary; with an instance id (one replica of several sharing the data dir) its own file."""
+    suffix = f".{instance}" if instance else ""
+    return data_dir / "metrics" / f"copilot-usage_{day}{suffix}.json"
 
 
 class DaySummary:
@@ -107,10 +110,13 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
-def remove_stale_temp_files(directory: Path) -> None:
-    """Temp files of summary writes that a killed process left behind (never this process's own)."""
+def remove_stale_temp_files(directory: Path, instance: str = "") -> None:
+    """Temp files of summary writes that a killed process left behind: never this process's own, and only
+    those of this instance's files (other replicas sharing the directory may be writing theirs)."""
     mine = f".{os.getpid()}.tmp"
-    for tmp in [*directory.glob(".copilot-usage_*.tmp"), *directory.glob(".copilot-insight_*.tmp")]:
+    # `.copilot-usage_<day>.json.<pid>.tmp`, or `.copilot-usage_<day>.<instance>.json.<pid>.tmp`
+    files = f"{DAY_GLOB}.{instance}.json.*.tmp" if instance else f"{DAY_GLOB}.json.*.tmp"
+    for tmp in [*directory.glob(f".copilot-usage_{files}"), *directory.glob(f".copilot-insight_{files}")]:
         if not tmp.name.endswith(mine):
             tmp.unlink(missing_ok=True)
 
@@ -225,10 +231,14 @@ class DailySink:
 
     name = "daily"
 
-    def __init__(self, data_dir: Path, writer: BackgroundWriter) -> None:
+    def __init__(self, data_dir: Path, writer: BackgroundWriter, instance: str = "") -> None:
         self._dir = data_dir
+        self._instance = instance
         self._lock = threading.Lock()
-        self._books = (_Book(data_dir, summary_path, DaySummary), _Book(data_dir, insight_path, InsightDay))
+        self._books = (
+            _Book(data_dir, lambda d, day: summary_path(d, day, instance), DaySummary),
+            _Book(data_dir, lambda d, day: insight_path(d, day, instance), InsightDay),
+        )
         self._swept = False
         writer.every_interval("daily", self.flush)
 
@@ -250,7 +260,7 @@ class DailySink:
         """Writer thread: write every day with new counts, original file first."""
         if not self._swept:
             self._swept = True
-            remove_stale_temp_files(self._dir / "metrics")
+            remove_stale_temp_files(self._dir / "metrics", self._instance)
         failure: OSError | None = None
         for book in self._books:
             try:

@@ -111,8 +111,10 @@ def _ends_mid_line(path: Path) -> bool:
         return f.read(1) != b"\n"
 
 
-def log_path(data_dir: Path, day: str) -> Path:
-    return data_dir / "events" / f"copilot-events_{day}.jsonl"
+def log_path(data_dir: Path, day: str, instance: str = "") -> Path:
+    """The day's event log; with an instance id (one replica of several sharing the data dir) its own file."""
+    suffix = f".{instance}" if instance else ""
+    return data_dir / "events" / f"copilot-events_{day}{suffix}.jsonl"
 
 
 class _LineSink:
@@ -168,10 +170,12 @@ class JsonLogSink:
         log_skipped: bool = True,
         max_pending_bytes: int = MAX_PENDING_BYTES,
         opener: Callable[[Path], IO[str]] = _open_append,
+        instance: str = "",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown JSON log mode {mode!r}")
         self._dir = data_dir
+        self._instance = instance
         self._to_file = mode in ("file", "both")
         self._to_stdout = mode in ("stdout", "both")
         self._stdout = stdout if stdout is not None else sys.stdout
@@ -271,7 +275,7 @@ class JsonLogSink:
             self._check_file()
             self._mend()
             self._write_file(batch)
-            if self._file is not None and not _same_file(self._file, log_path(self._dir, self._file_day or "")):
+            if self._file is not None and not _same_file(self._file, self._path(self._file_day or "")):
                 # Deleted or moved while this batch was written: write it again to the new file.
                 self._reopened("while a batch was written")
                 self._write_file(batch)
@@ -285,7 +289,7 @@ class JsonLogSink:
         next line starts on a line of its own and a rebuild loses only the cut line."""
         if self._failed and self._file is not None:
             self._file.flush()
-            if _ends_mid_line(log_path(self._dir, self._file_day or "")):
+            if _ends_mid_line(self._path(self._file_day or "")):
                 self._file.write("\n")
                 self._file.flush()
         self._failed = False
@@ -294,7 +298,7 @@ class JsonLogSink:
         for day, line in batch:
             if self._file is None or self._file_day != day:
                 self._close()
-                path = log_path(self._dir, day)
+                path = self._path(day)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self._open(path)
                 self._file_day = day
@@ -305,12 +309,15 @@ class JsonLogSink:
         if self._file is not None:
             self._file.flush()
 
+    def _path(self, day: str) -> Path:
+        return log_path(self._dir, day, self._instance)
+
     def _check_file(self) -> None:
-        if self._file is not None and not _same_file(self._file, log_path(self._dir, self._file_day or "")):
+        if self._file is not None and not _same_file(self._file, self._path(self._file_day or "")):
             self._reopened("since the last batch")
 
     def _reopened(self, when: str) -> None:
-        path = log_path(self._dir, self._file_day or "")
+        path = self._path(self._file_day or "")
         log.warning("copilot-proxy-insight: the event log %s was deleted or moved %s; writing a new one", path, when)
         self._abandon()
 

@@ -37,6 +37,7 @@ class PrometheusSink:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self._m = build_metrics(self.registry)
         self._children: dict[tuple[str, ...], Any] = {}
+        self._team_pairs: set[tuple[str, str]] = set()
 
     def _child(self, metric: md.MetricDef, values: tuple[str, ...]) -> Any:
         key = (metric.name, *values)
@@ -75,6 +76,16 @@ class PrometheusSink:
 
     def build_info(self, version: str, mitmproxy_version: str) -> None:
         self._m[md.BUILD_INFO.name].labels(version, mitmproxy_version).set(1)
+
+    def team_info(self, pairs: set[tuple[str, str]]) -> None:
+        """Sets copilot_user_team_info to exactly `pairs` (user, team): new ones to 1, stale ones removed.
+        Called from the writer thread; prometheus_client's children are thread-safe."""
+        gauge = self._m[md.USER_TEAM_INFO.name]
+        for pair in self._team_pairs - pairs:
+            gauge.remove(*pair)
+        for pair in pairs - self._team_pairs:
+            gauge.labels(*pair).set(1)
+        self._team_pairs = set(pairs)
 
     def close(self) -> None:
         """Nothing to release: the registry lives as long as the addon (the metrics server reads it)."""

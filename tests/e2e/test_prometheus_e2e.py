@@ -447,6 +447,7 @@ ALL: dict[str, Sequence[str] | None] = {
     "kind": None,
     "instance": None,
     "job": None,
+    "team": None,
 }
 # A concrete selection on the usage dashboard: bob's Neovim Lua completions.
 BOB_NEOVIM_LUA: dict[str, Sequence[str] | None] = {
@@ -594,7 +595,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     prom = Prometheus(tmp / "prometheus", [f"127.0.0.1:{metrics_port}"], [RULES_FILE]).start()
     try:
         with FakeCopilotBackend() as backend:
-            proxy = start_proxy(backend, tmp / "mitmdump", tmp / "data", htpasswd, copilot_metrics_port=metrics_port)
+            # Teams for the Copilot / Teams dashboard: alice and bob in one team of the minimum size.
+            team_map = tmp / "teams.csv"
+            team_map.write_text("".join(f"{u},backend\n" for u in ("alice", "bob", "carol", "dave", "erin")))
+            proxy = start_proxy(
+                backend,
+                tmp / "mitmdump",
+                tmp / "data",
+                htpasswd,
+                copilot_metrics_port=metrics_port,
+                copilot_team_map=team_map,
+            )
             try:
                 prom.wait_ready()
                 timings["started"] = time.monotonic() - started
@@ -850,6 +861,16 @@ def test_concrete_variable_values_evaluate_and_filter(run: Run) -> None:
         ("bob", "completion", "503"): 1
     }
     assert vector(run, USAGE, "panel 'Per-user summary' F", "user", bob=True) == {}  # bob was never rate limited
+
+
+def test_team_panels_equal_the_traffic_through_the_info_join(run: Run) -> None:
+    """alice and bob are both in `backend` (copilot_user_team_info): each team panel equals their sum."""
+    b = run.phase_b
+    teams = "copilot-teams.json"
+    assert vector(run, teams, "panel 'Interactions by team' A", "team") == {"backend": sum(b.requests.values())}
+    assert vector(run, teams, "panel 'Active users by team' A", "team") == {"backend": 2}
+    assert vector(run, teams, "panel 'Model calls by team' A", "team") == {"backend": sum(b.model_calls.values())}
+    assert vector(run, teams, "panel 'Tokens by team' A", "team") == {"backend": sum(b.tokens.values())}
 
 
 def test_usage_overview_and_per_user_numbers_equal_the_traffic(run: Run) -> None:
