@@ -11,6 +11,7 @@ from exporter.events import UsageEvent
 from exporter.identity import clean
 from exporter.labels import LabelBounds
 from exporter.streams import Answer
+from exporter.tools import classify_tool, mcp_server
 
 if TYPE_CHECKING:
     from exporter.calls import InFlightCall, ResponseMeta
@@ -51,6 +52,15 @@ def _editor_version(call: InFlightCall) -> str | None:
     return f"{client.editor}/{client.editor_version}" if client.editor_version else None
 
 
+def tool_facts(call: InFlightCall, answer: Answer | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Per tool call of the answer: its source (builtin, mcp, unknown) and MCP server ("" when none)."""
+    if answer is None or not answer.tool_calls:
+        return (), ()
+    servers = answer.tool_servers + [""] * (len(answer.tool_calls) - len(answer.tool_servers))
+    uses = [classify_tool(name, server, call.tools) for name, server in zip(answer.tool_calls, servers, strict=True)]
+    return tuple(u.source for u in uses), tuple(u.server for u in uses)
+
+
 def build_event(
     call: InFlightCall, resp: ResponseMeta, counter: Counter, bounds: LabelBounds, now: float, capture: bool
 ) -> UsageEvent:
@@ -62,6 +72,7 @@ def build_event(
         finish = "cancelled"
     ttft = call.first_content_at - call.started if call.first_content_at is not None else None
     meta = call.meta
+    sources, servers = tool_facts(call, answer)
     return UsageEvent(
         timestamp=datetime.fromtimestamp(call.started, UTC),
         user=meta.user,
@@ -100,4 +111,7 @@ def build_event(
         error=_error(call, resp, answer),
         prompt=call.facts.prompt if capture else None,
         completion=(answer.text or None) if capture and answer is not None else None,
+        tool_sources=sources,
+        tool_servers=servers,
+        mcp_server=mcp_server(meta.host, meta.path, copilot=True) if call.kind is Kind.MCP else None,
     )

@@ -24,9 +24,11 @@ from exporter.dispatch import ClientSeen
 from exporter.events import UsageEvent
 from exporter.identity import ClientIdentity, clean
 from exporter.labels import LabelBounds
+from exporter.scanner import UNDECODABLE, ScanJob, Scanner
 from exporter.sinks.recorder import Recording, wants_recording
 from exporter.sse import BodyDecoder, DecodeError, SSEDecoder, SSEEvent
 from exporter.streams import AnswerParser, Shape, shape_for_path
+from exporter.tools import NO_TOOLS, RequestTools, request_tools
 from exporter.writer import ErrorReporter
 
 log = logging.getLogger("copilot_proxy_insight")
@@ -116,6 +118,7 @@ class InFlightCall:
     streamed: bool = False
     first_content_at: float | None = None
     parse_error: str | None = None
+    tools: RequestTools = NO_TOOLS  # the MCP servers the request's tool list offers
 
 
 @dataclass(slots=True)
@@ -179,6 +182,7 @@ class CallTracker:
         clock: Clock = time.time,
         options: TrackerOptions | None = None,
         counter: Counter | None = None,
+        scanner: Scanner | None = None,
     ) -> None:
         self.hosts = hosts
         self.bounds = bounds
@@ -187,6 +191,7 @@ class CallTracker:
         self.options = options or TrackerOptions()
         self.counter = counter or Counter()
         self.clients = ClientDirectory()
+        self.scanner = scanner  # the secret scanner (None: bodies are not scanned)
         self._calls: dict[str, InFlightCall] = {}
         self._sockets: dict[str, _Socket] = {}
 
@@ -245,13 +250,35 @@ class CallTracker:
             body = _decoded(raw, content_encoding, MAX_PARSE_BYTES) if raw else raw
         except DecodeError as e:
             call.facts = RequestFacts(error="body_too_large" if "over" in str(e) else "malformed_body")
+            if self.scanner is not None:
+                self.scanner.skipped(UNDECODABLE)
             return
         keep = self.options.record and (body is None or len(body) <= self.options.record_max_bytes)
         call.facts = parse_request(body, shape_for_path(call.meta.path), keep_parsed=keep)
+        if body:
+            call.tools = request_tools(body)
+            self._scan(call, body)
         if self.options.record and call.facts.parsed is None and body:
             call.request_text = body[: self.options.record_max_bytes + 1]
         if call.kind is Kind.PROXY_CHAT_OTHER:
             call.kind = refine_proxy_chat(call.facts.model)
+
+    def _scan(self, call: InFlightCall, body: bytes) -> None:
+        """Hands the decoded body to the secret scanner's queue (never waits; the scan runs on its thread)."""
+        if self.scanner is None or not self.scanner.enabled:
+            return
+        self.scanner.submit(
+            ScanJob(
+                call.started,
+                call.meta.user,
+                self.bounds.editor(call.client.editor),
+                call.kind.value,
+                call.path_model or call.facts.model,
+                call.request_id,
+                call.interaction_id,
+                body,
+            )
+        )
 
     # -- responses ------------------------------------------------------------------------------
 
@@ -388,23 +415,24 @@ class CallTracker:
             return
         h = sock.meta.headers
         sock.seq += 1
-        sock.calls.append(
-            InFlightCall(
-                started=self.clock(),
-                meta=sock.meta,
-                kind=Kind.CHAT_WS,
-                path_model=None,
-                client=sock.client,
-                request_id=f"{_header(h, 'x-request-id') or sock.flow_id}#{sock.seq}",
-                interaction_id=_header(h, "x-interaction-id"),
-                initiator=facts.initiator,
-                intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
-                speculative=False,
-                facts=facts,
-                parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
-                streamed=True,
-            )
+        call = InFlightCall(
+            started=self.clock(),
+            meta=sock.meta,
+            kind=Kind.CHAT_WS,
+            path_model=None,
+            client=sock.client,
+            request_id=f"{_header(h, 'x-request-id') or sock.flow_id}#{sock.seq}",
+            interaction_id=_header(h, "x-interaction-id"),
+            initiator=facts.initiator,
+            intent=_header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
+            speculative=False,
+            facts=facts,
+            parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
+            streamed=True,
+            tools=request_tools(frame.content),
         )
+        sock.calls.append(call)
+        self._scan(call, frame.content)
 
     def ws_close(self, flow_id: str) -> list[Finished]:
         """The socket closed: every call still in flight on it ends (unanswered)."""

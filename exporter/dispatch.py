@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from exporter import metricdefs as md
@@ -43,7 +43,17 @@ class ClientSeen:
     plugin_version: str
 
 
-Health = ExporterError | AuthFailure | LabelOverflow | ClientSeen
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A fact that is not one call (a secret the scanner found, a body it skipped): metric observations with
+    raw labels (the dispatcher bounds them) and, when `log_event` is set, one JSON log line of `log_fields`."""
+
+    observations: Sequence[Observation]
+    log_event: str = ""
+    log_fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+Health = ExporterError | AuthFailure | LabelOverflow | ClientSeen | Observed
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +106,14 @@ class Dispatcher:
         return old
 
     def bounded(self, event: UsageEvent) -> list[Observation]:
+        return self._bound(observations(event))
+
+    def _bound(self, raw: Iterable[Observation]) -> list[Observation]:
         bound = self.policy.bound
         folded: set[str] = set()
         return [
             Observation(o.metric, o.value, bound(o.metric.name, o.labels, o.metric.labels, folded), o.genai)
-            for o in observations(event)
+            for o in raw
         ]
 
     def _bounded_client(self, seen: ClientSeen) -> ClientSeen:
@@ -122,6 +135,12 @@ class Dispatcher:
     def health(self, signal: Health) -> None:
         if isinstance(signal, ClientSeen):
             signal = self._bounded_client(signal)
+        elif isinstance(signal, Observed):
+            try:
+                signal = replace(signal, observations=self._bound(signal.observations))
+            except Exception as e:
+                self.errors.failed("labels", e)
+                return
         for sink in self._sinks:
             try:
                 sink.health(signal)

@@ -49,6 +49,10 @@ class UsageEvent:
     error: str | None = None
     prompt: str | None = None  # only with content capture on
     completion: str | None = None  # only with content capture on
+    # Governance (issue 17), aligned with tool_calls: builtin / mcp / unknown, and the MCP server ("" if none).
+    tool_sources: tuple[str, ...] = ()
+    tool_servers: tuple[str, ...] = ()
+    mcp_server: str | None = None  # the MCP server of an MCP request (kind mcp)
 
     @property
     def day(self) -> str:
@@ -63,6 +67,8 @@ class UsageEvent:
         """The JSON log line's fields (without timestamp/event/level, which the logger adds)."""
         out = {name: getattr(self, name) for name in _LOG_FIELDS}
         out["tool_calls"] = list(self.tool_calls)
+        out["tool_sources"] = list(self.tool_sources)
+        out["tool_servers"] = list(self.tool_servers)
         if self.prompt is None:
             del out["prompt"]
         if self.completion is None:

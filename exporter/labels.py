@@ -67,6 +67,7 @@ class LabelBounds:
             "plugin": max_versions,
             "plugin_version": max_versions,
             "language": max_languages,
+            "server": max_versions,  # MCP server names (governance): hosts and labels from the network
         }
         self._seen: dict[str, set[str]] = {label: set() for label in self._caps}
         self._on_overflow = on_overflow
@@ -116,9 +117,9 @@ class LabelBounds:
 
 
 # Labels whose values come from the network; these fold into `other` once the series cap is reached.
-FOLDABLE = frozenset({"user", "editor", "language", "model", "editor_version", "plugin", "plugin_version"})
+FOLDABLE = frozenset({"user", "editor", "language", "model", "editor_version", "plugin", "plugin_version", "server"})
 # Labels capped by first come, first kept (editor and language are bounded when the event is built).
-_CAPPED = frozenset({"user", "model", "editor_version", "plugin", "plugin_version"})
+_CAPPED = frozenset({"user", "model", "editor_version", "plugin", "plugin_version", "server"})
 
 
 class LabelPolicy:

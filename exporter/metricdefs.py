@@ -238,6 +238,36 @@ BUILD_INFO = MetricDef(
     "Always 1; labels carry the exporter and mitmproxy versions.",
 )
 
+# Governance (issue 17): credentials in prompts, and the tools and MCP servers agents use.
+SECRETS_DETECTED = MetricDef(
+    "copilot_secrets_detected",
+    MetricType.COUNTER,
+    ("user", "kind", "type"),
+    "Credentials found in outgoing Copilot request bodies, by secret type (each distinct secret once per user "
+    "per 24 h); the copilot.secret_detected log line has the fingerprint and where it was.",
+)
+SECRET_SCANS_SKIPPED = MetricDef(
+    "copilot_secret_scans_skipped",
+    MetricType.COUNTER,
+    ("reason",),
+    "Request bodies not scanned for secrets, or scanned only in part: queue_full (the scanner fell behind), "
+    "truncated (over copilot_secret_scan_max_bytes), undecodable, error.",
+)
+TOOL_CALLS = MetricDef(
+    "copilot_tool_calls",
+    MetricType.COUNTER,
+    ("user", "editor", "tool", "source", "server"),
+    "Tool calls models asked for in answers: tool (known names kept, the rest 'other'), source (builtin, mcp, "
+    "unknown) and the MCP server when the tool name, the answer or the request's tool list shows it.",
+)
+MCP_REQUESTS = MetricDef(
+    "copilot_mcp_requests",
+    MetricType.COUNTER,
+    ("user", "server"),
+    "Requests clients sent to MCP servers through the proxy (GitHub's /mcp/ on the Copilot API; other MCP "
+    "hosts when their traffic is intercepted).",
+)
+
 METRICS: tuple[MetricDef, ...] = (
     REQUESTS,
     MODEL_CALLS,
@@ -252,6 +282,10 @@ METRICS: tuple[MetricDef, ...] = (
     EXPORTER_ERRORS,
     LABEL_OVERFLOWS,
     BUILD_INFO,
+    SECRETS_DETECTED,
+    SECRET_SCANS_SKIPPED,
+    TOOL_CALLS,
+    MCP_REQUESTS,
 )
 
 

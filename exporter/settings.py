@@ -64,6 +64,15 @@ class OtelOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretScan:
+    """The secret scanner of outgoing prompts: on or off, bytes scanned per body, bodies waiting at most."""
+
+    enabled: bool = True
+    max_bytes: int = 1_000_000
+    queue_size: int = 64
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     intercept_all: bool = False
     hosts: tuple[str, ...] = ()
@@ -74,6 +83,7 @@ class Settings:
     files: Files = Files()
     metrics: MetricsEndpoint = MetricsEndpoint()
     otel: OtelOptions = OtelOptions()
+    secret_scan: SecretScan = SecretScan()
 
 
 Getter = Callable[[str], Any]
@@ -213,4 +223,9 @@ def settings_from(get: Getter) -> Settings:
         files=_files(get),
         metrics=_metrics(get),
         otel=_otel(get, bool(pseudonym_key)),
+        secret_scan=SecretScan(
+            enabled=_bool(get, "copilot_secret_scan"),
+            max_bytes=_int(get, "copilot_secret_scan_max_bytes", 1024, 64 * 1024 * 1024),
+            queue_size=_int(get, "copilot_secret_scan_queue", 1, 100_000),
+        ),
     )
