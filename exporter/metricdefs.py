@@ -258,7 +258,7 @@ TOOL_CALLS = MetricDef(
     MetricType.COUNTER,
     ("user", "editor", "tool", "source", "server"),
     "Tool calls models asked for in answers: tool (known names kept, the rest 'other'), source (builtin, mcp, "
-    "unknown) and the MCP server when the tool name, the answer or the request's tool list shows it.",
+    "unknown) and the MCP server when the tool name, the answer or the request's tool list shows it (else none).",
 )
 MCP_REQUESTS = MetricDef(
     "copilot_mcp_requests",

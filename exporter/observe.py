@@ -76,6 +76,9 @@ def observations(event: UsageEvent) -> list[Observation]:
     return out
 
 
+NO_SERVER = "none"  # the server label of a tool call that is not an MCP call
+
+
 def governance(event: UsageEvent) -> list[Observation]:
     """Tool calls the answer asked for, and the request itself when it went to an MCP server."""
     out = []
@@ -83,7 +86,8 @@ def governance(event: UsageEvent) -> list[Observation]:
         server = event.tool_servers[i] if i < len(event.tool_servers) else ""
         use = classify_tool(name, server)
         source = event.tool_sources[i] if i < len(event.tool_sources) else use.source
-        out.append(Observation(md.TOOL_CALLS, 1, (event.user, event.editor, use.tool, source, use.server), False))
+        labels = (event.user, event.editor, use.tool, source, use.server or NO_SERVER)
+        out.append(Observation(md.TOOL_CALLS, 1, labels, False))
     if event.mcp_server:
         out.append(Observation(md.MCP_REQUESTS, 1, (event.user, event.mcp_server), False))
     return out

@@ -137,6 +137,7 @@ PATTERNS: tuple[Pattern, ...] = (
     Pattern(
         GITHUB_TOKEN,
         re.compile(_B + r"(?:gh[pousr]_[A-Za-z0-9]{36,251}|github_pat_[A-Za-z0-9_]{80,251})" + _E),
+        check=_not_placeholder,
         needles=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
     Pattern(

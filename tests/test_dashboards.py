@@ -38,6 +38,7 @@ UIDS = {
     "copilot-usage.json": "copilot-usage",
     "copilot-performance.json": "copilot-performance",
     "copilot-exporter-health.json": "copilot-exporter-health",
+    "copilot-governance.json": "copilot-governance",
 }
 CHAIN = ("user", "editor", "language", "kind")
 LOGS_QUERY = '{job="copilot-proxy-insight"} | json | user=~"$user" | kind=~"$kind"'
