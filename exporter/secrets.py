@@ -326,3 +326,23 @@ def install_key(pseudonym_key: str, data_dir: Path) -> bytes:
     except OSError:
         pass  # an unwritable data dir: fingerprints are stable for this run only
     return key
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every credential replaced by `[REDACTED:<type>]` (for recordings, which keep prompts)."""
+    hits = find_secrets(text)
+    if not hits:
+        return text
+    spans = sorted(
+        ((m.start(), m.end(), h.type) for h in hits for m in re.finditer(re.escape(h.value), text)),
+        key=lambda span: span[0],
+    )
+    out, at = [], 0
+    for start, end, kind in spans:
+        if start < at:
+            continue
+        out.append(text[at:start])
+        out.append(f"[REDACTED:{kind}]")
+        at = end
+    out.append(text[at:])
+    return "".join(out)
