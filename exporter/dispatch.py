@@ -106,15 +106,22 @@ class Dispatcher:
         return old
 
     def bounded(self, event: UsageEvent) -> list[Observation]:
-        return self._bound(observations(event))
-
-    def _bound(self, raw: Iterable[Observation]) -> list[Observation]:
         bound = self.policy.bound
         folded: set[str] = set()
         return [
             Observation(o.metric, o.value, bound(o.metric.name, o.labels, o.metric.labels, folded), o.genai)
-            for o in raw
+            for o in observations(event)
         ]
+
+    def _bounded_observed(self, signal: Observed) -> Observed:
+        """An Observed signal with its labels bounded by the same policy as the events' observations."""
+        bound = self.policy.bound
+        folded: set[str] = set()
+        bounded = [
+            Observation(o.metric, o.value, bound(o.metric.name, o.labels, o.metric.labels, folded), o.genai)
+            for o in signal.observations
+        ]
+        return replace(signal, observations=bounded)
 
     def _bounded_client(self, seen: ClientSeen) -> ClientSeen:
         raw = (seen.user, seen.editor, seen.editor_version, seen.plugin, seen.plugin_version)
@@ -137,7 +144,7 @@ class Dispatcher:
             signal = self._bounded_client(signal)
         elif isinstance(signal, Observed):
             try:
-                signal = replace(signal, observations=self._bound(signal.observations))
+                signal = self._bounded_observed(signal)
             except Exception as e:
                 self.errors.failed("labels", e)
                 return
