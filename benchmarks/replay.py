@@ -63,11 +63,8 @@ FEATURES: dict[str, tuple[tuple[str, str], ...]] = {
         ("exporter.calls", "CallTracker._learn"),
     ),
     "teams": (("exporter.teams", "TeamDirectory.of"), ("exporter.outputs", "Outputs._track_teams")),
-    "secrets": (
-        ("exporter.governance", "Governance.observe_request"),
-        ("exporter.secrets", "SecretScanner.submit"),
-        ("exporter.secrets", "SecretScanner.scan"),
-    ),
+    "secrets": (("exporter.calls", "CallTracker._scan"), ("exporter.scanner", "Scanner._one")),
+    "tools": (("exporter.calls", "request_tools"), ("exporter.observe", "governance")),
 }
 
 
@@ -164,13 +161,9 @@ class Result:
 
 
 def _settle(addon: CopilotInsight) -> None:
-    """Waits for work handed to background threads (the secret scanner's queue, if present) to finish."""
-    outputs = getattr(addon, "outputs", None)
-    for name in ("governance", "secrets"):
-        sink = outputs.sink(name) if outputs is not None and hasattr(outputs, "sink") else None
-        drain = getattr(sink, "drain", None) or getattr(getattr(sink, "scanner", None), "drain", None)
-        if callable(drain):
-            drain()
+    """Waits for the secret scanner's queue to empty (its thread's CPU is part of the request's cost)."""
+    if not addon.outputs.scanner.wait_idle():
+        raise RuntimeError("the secret scanner did not finish its queue within 10 s")
 
 
 def replay(requests: int, repeat: int, users: int = 8, options: dict[str, Any] | None = None) -> Result:

@@ -14,6 +14,7 @@ from exporter.events import UsageEvent
 from exporter.identity import clean
 from exporter.labels import LabelBounds
 from exporter.streams import Answer
+from exporter.tools import classify_tool, mcp_server
 
 if TYPE_CHECKING:
     from exporter.calls import InFlightCall, ResponseMeta
@@ -103,6 +104,15 @@ def _cost(call: InFlightCall, resp: ResponseMeta, answer: Answer | None, skip: s
     }
 
 
+def tool_facts(call: InFlightCall, answer: Answer | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Per tool call of the answer: its source (builtin, mcp, unknown) and MCP server ("" when none)."""
+    if answer is None or not answer.tool_calls:
+        return (), ()
+    servers = answer.tool_servers + [""] * (len(answer.tool_calls) - len(answer.tool_servers))
+    uses = [classify_tool(name, server, call.tools) for name, server in zip(answer.tool_calls, servers, strict=True)]
+    return tuple(u.source for u in uses), tuple(u.server for u in uses)
+
+
 def build_event(
     call: InFlightCall,
     resp: ResponseMeta,
@@ -147,12 +157,7 @@ def build_event(
         streamed=call.streamed,
         speculative=call.speculative,
         finish_reason=finish,
-        input_tokens=answer.input_tokens if answer is not None else None,
-        output_tokens=answer.output_tokens if answer is not None else None,
-        cached_tokens=answer.cached_tokens if answer is not None else None,
-        reasoning_tokens=answer.reasoning_tokens if answer is not None else None,
-        nano_aiu=answer.nano_aiu if answer is not None else None,
-        tool_calls=tuple(answer.tool_calls) if answer is not None else (),
+        **_usage(answer),
         counted=decision.counted,
         skip_reason=decision.skip.value if decision.skip is not None else None,
         model_call=call.kind in MODEL_CALL_KINDS,
@@ -162,7 +167,31 @@ def build_event(
         telemetry=call.telemetry,
         **_cost(call, resp, answer, decision.skip.value if decision.skip else None, prices or _PRICES),
         teams=teams,
+        **_tools(call, answer),
     )
+
+
+def _usage(answer: Answer | None) -> dict[str, Any]:
+    """The token, credit and tool-call figures the answer reported (None where it gave none)."""
+    if answer is None:
+        none = dict.fromkeys(("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "nano_aiu"))
+        return {**none, "tool_calls": ()}
+    return {
+        "input_tokens": answer.input_tokens,
+        "output_tokens": answer.output_tokens,
+        "cached_tokens": answer.cached_tokens,
+        "reasoning_tokens": answer.reasoning_tokens,
+        "nano_aiu": answer.nano_aiu,
+        "tool_calls": tuple(answer.tool_calls),
+    }
+
+
+def _tools(call: InFlightCall, answer: Answer | None) -> dict[str, Any]:
+    """Governance fields: each tool call's source and MCP server, and the MCP server of an MCP request."""
+    sources, servers = tool_facts(call, answer)
+    meta = call.meta
+    mcp = mcp_server(meta.host, meta.path, copilot=True) if call.kind is Kind.MCP else None
+    return {"tool_sources": sources, "tool_servers": servers, "mcp_server": mcp}
 
 
 _PRICES = PriceBook()

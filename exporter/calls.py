@@ -27,10 +27,12 @@ from exporter.events import UsageEvent
 from exporter.identity import ClientIdentity, clean
 from exporter.labels import LabelBounds
 from exporter.quota import QuotaReading, from_user_info
+from exporter.scanner import UNDECODABLE, ScanJob, Scanner
 from exporter.sinks.recorder import MAX_RECORDED_EVENTS, Recording, wants_recording
 from exporter.sse import BodyDecoder, BodyTooLarge, DecodeError, SSEDecoder, SSEEvent, inflate_capped
 from exporter.streams import AnswerParser, Shape, shape_for_path
 from exporter.telemetry import MAX_TELEMETRY_BYTES, parse_post, redacted_for_recording, skipped_post
+from exporter.tools import NO_TOOLS, RequestTools, request_tools
 from exporter.writer import ErrorReporter
 
 log = logging.getLogger("copilot_proxy_insight")
@@ -132,6 +134,7 @@ class InFlightCall:
     telemetry: TelemetryReport | None = None
     quota: tuple[QuotaReading, ...] = ()  # from a copilot_internal/user answer
     plan: str | None = None
+    tools: RequestTools = NO_TOOLS  # the MCP servers the request's tool list offers
 
 
 @dataclass(slots=True)
@@ -190,6 +193,7 @@ class CallTracker:
         clock: Clock = time.time,
         options: TrackerOptions | None = None,
         counter: Counter | None = None,
+        scanner: Scanner | None = None,
     ) -> None:
         self.hosts = hosts
         self.bounds = bounds
@@ -200,6 +204,7 @@ class CallTracker:
         self.clients = ClientDirectory()
         self.prices = PriceBook()  # learns /models prices; its table is set from copilot_price_table
         self.teams: Callable[[str], tuple[str, ...]] = _no_teams  # the user's teams (exporter.teams)
+        self.scanner = scanner  # the secret scanner (None: bodies are not scanned)
         self._calls: dict[str, InFlightCall] = {}
         self._sockets: dict[str, _Socket] = {}
         self.acceptance = AcceptanceState(clock)
@@ -264,13 +269,23 @@ class CallTracker:
             body = inflate_capped(raw, content_encoding, MAX_PARSE_BYTES) if raw else raw
         except DecodeError as e:
             call.facts = RequestFacts(error="body_too_large" if isinstance(e, BodyTooLarge) else "malformed_body")
+            if self.scanner is not None:
+                self.scanner.skipped(UNDECODABLE)
             return
         keep = self.options.record and (body is None or len(body) <= self.options.record_max_bytes)
         call.facts = parse_request(body, shape_for_path(call.meta.path), keep_parsed=keep)
+        if body:
+            call.tools = request_tools(body)
+            self._scan(call, body)
         if self.options.record and call.facts.parsed is None and body:
             call.request_text = body[: self.options.record_max_bytes + 1]
         if call.kind is Kind.PROXY_CHAT_OTHER:
             call.kind = refine_proxy_chat(call.facts.model)
+
+    def _scan(self, call: InFlightCall, body: bytes) -> None:
+        """Hands the decoded body to the secret scanner's queue (never waits; the scan runs on its thread)."""
+        if self.scanner is not None and self.scanner.enabled:
+            self.scanner.submit(_scan_job(call, self.bounds.editor(call.client.editor), body))
 
     # -- responses ------------------------------------------------------------------------------
 
@@ -396,23 +411,8 @@ class CallTracker:
         )
         recording = None
         if self.options.record and wants_recording(event.kind, self.options.record_telemetry):
-            recording = self._recording(call, resp)
+            recording = _recording(call, resp, self.options.record_max_bytes)
         return Finished(event, recording, call.client_seen)
-
-    def _recording(self, call: InFlightCall, resp: ResponseMeta) -> Recording:
-        content: Any = call.facts.parsed
-        if content is None and call.request_text is not None:
-            raw, limit = call.request_text, self.options.record_max_bytes
-            text = raw[:limit].decode("utf-8", "replace")
-            content = {"truncated": True, "text": text} if len(raw) > limit else text
-        return Recording(
-            url=call.meta.url,
-            method=call.meta.method,
-            request_headers=list(call.meta.header_items),
-            request_content=content,
-            response_headers=list(resp.header_items),
-            response_content=call.parser.kept if call.parser is not None else None,
-        )
 
     # -- WebSocket: Responses API over ws (/responses GET upgrade) --------------------------------
 
@@ -441,29 +441,28 @@ class CallTracker:
             return
         h = sock.meta.headers
         sock.seq += 1
-        sock.calls.append(
-            InFlightCall(
-                started=self.clock(),
-                meta=sock.meta,
-                kind=Kind.CHAT_WS,
-                path_model=None,
-                client=sock.client,
-                request_id=f"{_header(h, 'x-request-id') or sock.flow_id}#{sock.seq}",
-                # A long-lived socket carries several prompts: each call's ids come from its own frame.
-                interaction_id=facts.interaction_id or _header(h, "x-interaction-id"),
-                initiator=facts.initiator,
-                intent=facts.interaction_type
-                or _header(h, "openai-intent", 64)
-                or _header(h, "x-interaction-type", 64),
-                speculative=False,
-                task_id=facts.task_id or _header(h, "x-agent-task-id"),
-                client_seen=sock.client_seen,
-                facts=facts,
-                parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
-                streamed=True,
-            )
+        call = InFlightCall(
+            started=self.clock(),
+            meta=sock.meta,
+            kind=Kind.CHAT_WS,
+            path_model=None,
+            client=sock.client,
+            request_id=f"{_header(h, 'x-request-id') or sock.flow_id}#{sock.seq}",
+            # A long-lived socket carries several prompts: each call's ids come from its own frame.
+            interaction_id=facts.interaction_id or _header(h, "x-interaction-id"),
+            initiator=facts.initiator,
+            intent=facts.interaction_type or _header(h, "openai-intent", 64) or _header(h, "x-interaction-type", 64),
+            speculative=False,
+            task_id=facts.task_id or _header(h, "x-agent-task-id"),
+            client_seen=sock.client_seen,
+            facts=facts,
+            parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
+            streamed=True,
+            tools=request_tools(frame.content),
         )
+        sock.calls.append(call)
         sock.client_seen = None
+        self._scan(call, frame.content)
 
     def ws_close(self, flow_id: str) -> list[Finished]:
         """The socket closed: every call still in flight on it ends (unanswered)."""
@@ -476,6 +475,29 @@ class CallTracker:
         """Forget a flow without an event (e.g. a request the proxy answered itself)."""
         self._calls.pop(flow_id, None)
         self._sockets.pop(flow_id, None)
+
+
+def _scan_job(call: InFlightCall, editor: str, body: bytes) -> ScanJob:
+    model = call.path_model or call.facts.model
+    ids = (call.request_id, call.interaction_id)
+    return ScanJob(call.started, call.meta.user, editor, call.kind.value, model, *ids, body)
+
+
+def _recording(call: InFlightCall, resp: ResponseMeta, limit: int) -> Recording:
+    """What copilot_record keeps of a call: the request (parsed, else its text up to `limit`) and the answer."""
+    content: Any = call.facts.parsed
+    if content is None and call.request_text is not None:
+        raw = call.request_text
+        text = raw[:limit].decode("utf-8", "replace")
+        content = {"truncated": True, "text": text} if len(raw) > limit else text
+    return Recording(
+        url=call.meta.url,
+        method=call.meta.method,
+        request_headers=list(call.meta.header_items),
+        request_content=content,
+        response_headers=list(resp.header_items),
+        response_content=call.parser.kept if call.parser is not None else None,
+    )
 
 
 def _no_teams(user: str) -> tuple[str, ...]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from exporter import metricdefs as md
@@ -52,7 +52,17 @@ class ClientSeen:
     plugin_version: str
 
 
-Health = ExporterError | AuthFailure | LabelOverflow | LabelEvicted | ClientSeen
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A fact that is not one call (a secret the scanner found, a body it skipped): metric observations with
+    raw labels (the dispatcher bounds them) and, when `log_event` is set, one JSON log line of `log_fields`."""
+
+    observations: Sequence[Observation]
+    log_event: str = ""
+    log_fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+Health = ExporterError | AuthFailure | LabelOverflow | LabelEvicted | ClientSeen | Observed
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +138,19 @@ class Dispatcher:
             out.append(o if bound == o.labels else Observation(o.metric, o.value, bound, o.genai))
         return out
 
+    def _bounded_observed(self, signal: Observed) -> Observed:
+        """An Observed signal with its labels bounded by the same policy as the events' observations."""
+        policy = self.policy
+        folded: set[str] = set()
+        bounded = []
+        for o in signal.observations:
+            names, labels = o.metric.labels, o.labels
+            i = _user_index(names)
+            if i >= 0:  # a user slot like a client's (no successful call of its own: it displaces nobody)
+                labels = (*labels[:i], policy.user(labels[i], False, 0.0, folded), *labels[i + 1 :])
+            bounded.append(Observation(o.metric, o.value, policy.bound(o.metric.name, labels, names, folded), o.genai))
+        return replace(signal, observations=bounded)
+
     def _bounded_client(self, seen: ClientSeen) -> ClientSeen:
         folded: set[str] = set()
         user = self.policy.user(seen.user, False, 0.0, folded)
@@ -149,6 +172,12 @@ class Dispatcher:
     def health(self, signal: Health) -> None:
         if isinstance(signal, ClientSeen):
             signal = self._bounded_client(signal)
+        elif isinstance(signal, Observed):
+            try:
+                signal = self._bounded_observed(signal)
+            except Exception as e:
+                self.errors.failed("labels", e)
+                return
         for sink in self._sinks:
             try:
                 sink.health(signal)

@@ -69,6 +69,10 @@ class UsageEvent:
     quota: str | None = None  # quota / rate-limit snapshots of the answer as JSON text (exporter.quota)
     copilot_plan: str | None = None  # copilot_internal/user copilot_plan
     teams: tuple[str, ...] = ()  # the user's teams at call time, small teams already shown as "other"
+    # Governance (issue 17), aligned with tool_calls: builtin / mcp / unknown, and the MCP server ("" if none).
+    tool_sources: tuple[str, ...] = ()
+    tool_servers: tuple[str, ...] = ()
+    mcp_server: str | None = None  # the MCP server of an MCP request (kind mcp)
 
     @property
     def day(self) -> str:
@@ -86,6 +90,8 @@ class UsageEvent:
         out = {name: getattr(self, name) for name in _LOG_FIELDS}
         out["tool_calls"] = list(self.tool_calls)
         out["teams"] = list(self.teams)
+        out["tool_sources"] = list(self.tool_sources)
+        out["tool_servers"] = list(self.tool_servers)
         if self.prompt is None:
             del out["prompt"]
         if self.completion is None:

@@ -21,13 +21,15 @@ from exporter import __version__
 from exporter.calls import CallTracker, Clock, Finished, TrackerOptions
 from exporter.classify import HostTable
 from exporter.credits import shipped_table
-from exporter.dispatch import AuthFailure, Sink
+from exporter.dispatch import AuthFailure, Observed, Sink
 from exporter.flows import header, header_map, last_frame, request_meta, response_head, response_meta, tee
 from exporter.identity import proxy_user, pseudonym
+from exporter.observe import mcp_request
 from exporter.options import BY_NAME, INTERCEPTION_OPTIONS, OPTIONS, parse_error
 from exporter.outputs import Outputs
 from exporter.settings import Settings, SettingsError, settings_from
 from exporter.startup import facts_from_options, startup_lines
+from exporter.tools import mcp_server
 
 log = logging.getLogger("copilot_proxy_insight")
 
@@ -103,7 +105,9 @@ class CopilotInsight:
     def __init__(self, clock: Clock = time.time, sinks: Sequence[Sink] = ()) -> None:
         self.outputs = Outputs(mitmproxy_version.VERSION, sinks)
         self.hosts = HostTable()
-        self.tracker = CallTracker(self.hosts, self.outputs.policy.bounds, self.outputs.errors, clock)
+        self.tracker = CallTracker(
+            self.hosts, self.outputs.policy.bounds, self.outputs.errors, clock, scanner=self.outputs.scanner
+        )
         self.tracker.teams = self.outputs.teams.of
         self.interception = Interception(self.hosts)
         self.users = ConnectionUsers(lambda: self.outputs.health(AuthFailure()))
@@ -187,6 +191,7 @@ class CopilotInsight:
             host = flow.request.pretty_host
             role = self.hosts.role(host)
             if role is None:
+                self._other_host(flow, host)
                 return
             headers = header_map(flow.request.headers)
             record = self.tracker.options.record
@@ -194,6 +199,12 @@ class CopilotInsight:
             self.tracker.start(flow.id, meta)
         except Exception as e:
             self.outputs.errors.failed("addon", e)
+
+    def _other_host(self, flow: http.HTTPFlow, host: str) -> None:
+        """A request to a host that is not Copilot's (intercepted with copilot_intercept=all): MCP servers count."""
+        server = mcp_server(host, flow.request.path, copilot=False)
+        if server is not None:
+            self.outputs.health(Observed(mcp_request(self.users.user_of(flow), server)))
 
     def request(self, flow: http.HTTPFlow) -> None:
         if not self.tracker.wants_body(flow.id):

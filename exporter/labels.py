@@ -68,6 +68,7 @@ class LabelBounds:
             "plugin": max_versions,
             "plugin_version": max_versions,
             "language": max_languages,
+            "server": max_versions,  # MCP server names (governance): hosts and labels from the network
         }
         self._seen: dict[str, set[str]] = {label: set() for label in self._caps}
         self._on_overflow = on_overflow
@@ -117,10 +118,10 @@ class LabelBounds:
 
 
 # Labels whose values come from the network; these fold into `other` once the series cap is reached.
-FOLDABLE = frozenset({"user", "editor", "language", "model", "editor_version", "plugin", "plugin_version"})
+FOLDABLE = frozenset({"user", "editor", "language", "model", "editor_version", "plugin", "plugin_version", "server"})
 # Labels capped by first come, first kept (editor and language are bounded when the event is built; users
 # by their UserSlots, before the policy sees the labels).
-_CAPPED = frozenset({"model", "editor_version", "plugin", "plugin_version"})
+_CAPPED = frozenset({"model", "editor_version", "plugin", "plugin_version", "server"})
 USER_IDLE_S = 24 * 3600.0  # an active user idle this long may give their slot to a new active user
 
 

@@ -413,6 +413,35 @@ USER_TEAM_INFO = MetricDef(
     "1 for each team of each user seen since start (teams under copilot_team_min_size show as 'other'); "
     "join it on user for team views.",
 )
+# Governance (issue 17): credentials in prompts, and the tools and MCP servers agents use.
+SECRETS_DETECTED = MetricDef(
+    "copilot_secrets_detected",
+    MetricType.COUNTER,
+    ("user", "kind", "type"),
+    "Credentials found in outgoing Copilot request bodies, by secret type (each distinct secret once per user "
+    "per 24 h); the copilot.secret_detected log line has the fingerprint and where it was.",
+)
+SECRET_SCANS_SKIPPED = MetricDef(
+    "copilot_secret_scans_skipped",
+    MetricType.COUNTER,
+    ("reason",),
+    "Request bodies not scanned for secrets, or scanned only in part: queue_full (the scanner fell behind), "
+    "truncated (over copilot_secret_scan_max_bytes), undecodable, error.",
+)
+TOOL_CALLS = MetricDef(
+    "copilot_tool_calls",
+    MetricType.COUNTER,
+    ("user", "editor", "tool", "source", "server"),
+    "Tool calls models asked for in answers: tool (known names kept, the rest 'other'), source (builtin, mcp, "
+    "unknown) and the MCP server when the tool name, the answer or the request's tool list shows it (else none).",
+)
+MCP_REQUESTS = MetricDef(
+    "copilot_mcp_requests",
+    MetricType.COUNTER,
+    ("user", "server"),
+    "Requests clients sent to MCP servers through the proxy (GitHub's /mcp/ on the Copilot API; other MCP "
+    "hosts when their traffic is intercepted).",
+)
 
 METRICS: tuple[MetricDef, ...] = (
     REQUESTS,
@@ -447,6 +476,10 @@ METRICS: tuple[MetricDef, ...] = (
     BUDGET_USED,
     BUDGET_PROJECTED,
     USER_TEAM_INFO,
+    SECRETS_DETECTED,
+    SECRET_SCANS_SKIPPED,
+    TOOL_CALLS,
+    MCP_REQUESTS,
 )
 
 

@@ -8,6 +8,7 @@ from exporter import metricdefs as md
 from exporter.acceptance import TelemetryReport
 from exporter.classify import CHAT_KINDS, Kind
 from exporter.events import UsageEvent
+from exporter.tools import classify_tool
 
 # gen_ai.operation.name per kind of model call (semantic-conventions well-known values). Calls of other
 # kinds (telemetry posts, token exchanges, model lists) are not GenAI operations.
@@ -75,6 +76,7 @@ def observations(event: UsageEvent) -> list[Observation]:
         out.extend(_credits(event, model))
     if event.telemetry is not None:
         out.extend(telemetry_observations(user, event.telemetry))
+    out.extend(governance(event))
     return out
 
 
@@ -116,3 +118,34 @@ def _credits(event: UsageEvent, model: str) -> list[Observation]:
     if event.unknown_price:
         return [Observation(md.COST_UNKNOWN, 1, (model,))]
     return []
+
+
+NO_SERVER = "none"  # the server label of a tool call that is not an MCP call
+
+
+def governance(event: UsageEvent) -> list[Observation]:
+    """Tool calls the answer asked for, and the request itself when it went to an MCP server."""
+    out = []
+    for i, name in enumerate(event.tool_calls):
+        server = event.tool_servers[i] if i < len(event.tool_servers) else ""
+        use = classify_tool(name, server)
+        source = event.tool_sources[i] if i < len(event.tool_sources) else use.source
+        labels = (event.user, event.editor, use.tool, source, use.server or NO_SERVER)
+        out.append(Observation(md.TOOL_CALLS, 1, labels, False))
+    if event.mcp_server:
+        out.append(Observation(md.MCP_REQUESTS, 1, (event.user, event.mcp_server), False))
+    return out
+
+
+def secret_found(user: str, kind: str, secret_type: str) -> list[Observation]:
+    """A credential the scanner found in a request body (reported through the dispatcher's health path)."""
+    return [Observation(md.SECRETS_DETECTED, 1, (user, kind, secret_type), False)]
+
+
+def scan_skipped(reason: str) -> list[Observation]:
+    return [Observation(md.SECRET_SCANS_SKIPPED, 1, (reason,), False)]
+
+
+def mcp_request(user: str, server: str) -> list[Observation]:
+    """A request to an MCP server on a host that is not Copilot's (Copilot's own /mcp/ calls are events)."""
+    return [Observation(md.MCP_REQUESTS, 1, (user, server), False)]

@@ -285,6 +285,28 @@ OPTIONS: tuple[Option, ...] = (
         "This replica's name when several proxies share one data dir: it is added to the event log and "
         "summary file names (copilot-events_<day>.<id>.jsonl). Empty: one proxy, plain file names.",
     ),
+    Option(
+        "copilot_secret_scan",
+        bool,
+        True,
+        "Scan outgoing Copilot prompts for credentials (tokens, cloud keys, private keys, passwords) on a "
+        "background thread and report each finding by type and keyed fingerprint, never the secret. "
+        "Read-only: requests pass unchanged and undelayed. See docs/governance.md.",
+    ),
+    Option(
+        "copilot_secret_scan_max_bytes",
+        int,
+        1_000_000,
+        "Bytes of each decoded request body the secret scanner reads (1024..67108864); the rest of a longer "
+        'body is skipped and counted (copilot_secret_scans_skipped_total{reason="truncated"}).',
+    ),
+    Option(
+        "copilot_secret_scan_queue",
+        int,
+        64,
+        "Request bodies waiting for the secret scanner at most (1..100000); a body arriving at a full queue is "
+        "not scanned and is counted (reason queue_full).",
+    ),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 INTERCEPTION_OPTIONS = ("copilot_intercept", "copilot_hosts")

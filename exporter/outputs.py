@@ -6,20 +6,24 @@ the OpenTelemetry sink when `otel` changed, the metrics server when `metrics` ch
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from exporter import __version__
 from exporter.budgets import CostSink
-from exporter.dispatch import Dispatcher, ExporterError, Health, LabelEvicted, LabelOverflow, Sink
+from exporter.dispatch import Dispatcher, ExporterError, Health, LabelEvicted, LabelOverflow, Observed, Sink
 from exporter.events import UsageEvent
 from exporter.labels import OTHER, LabelPolicy
 from exporter.metrics_server import MetricsServer, serve_metrics
+from exporter.observe import scan_skipped, secret_found
+from exporter.scanner import SECRET_EVENT, Scanner, SecretFinding
+from exporter.secrets import install_key
 from exporter.settings import Files, MetricsEndpoint, OtelOptions, Settings, SettingsError
 from exporter.sinks.daily import DailySink
 from exporter.sinks.jsonlog import JsonLogSink
@@ -65,6 +69,7 @@ class Outputs:
         self.writer.every_interval("teams", self._refresh_teams)
         self.server: MetricsServer | None = None
         self.running = False
+        self.scanner = Scanner(self._scanned)
 
     def _failed(self, component: str) -> None:
         self.dispatcher.health(ExporterError(component))
@@ -108,6 +113,14 @@ class Outputs:
     def health(self, signal: Health) -> None:
         self.dispatcher.health(signal)
 
+    def _scanned(self, findings: list[SecretFinding], skipped: list[str]) -> None:
+        """Event loop (posted by the scanner thread): each finding as a counter and a copilot.secret_detected
+        log line, each skipped body as a counter."""
+        for f in findings:
+            self.dispatcher.health(Observed(secret_found(f.user, f.kind, f.secret_type), SECRET_EVENT, f.log_fields()))
+        for reason in skipped:
+            self.dispatcher.health(Observed(scan_skipped(reason)))
+
     def sink(self, name: str) -> Any:
         return self.dispatcher.get(name)
 
@@ -131,6 +144,14 @@ class Outputs:
             self.cost.configure(new.cost.budgets, new.cost.quota_ttl_s, new.files.data_dir if moved else None)
         if self.running and (old is None or new.metrics != old.metrics):
             self.start_metrics_server(new.metrics)
+        if old is None or (new.secret_scan, new.pseudonym_key, new.files.data_dir) != (
+            old.secret_scan,
+            old.pseudonym_key,
+            old.files.data_dir,
+        ):
+            scan = new.secret_scan
+            key = install_key(new.pseudonym_key, new.files.data_dir) if scan.enabled else b""
+            self.scanner.configure(scan.enabled, scan.max_bytes, scan.queue_size, key)
 
     def _build_files(self, files: Files) -> None:
         self.writer.flush()
@@ -172,6 +193,7 @@ class Outputs:
     def start(self, settings: Settings) -> None:
         self.running = True
         self.writer.start()
+        self.scanner.post = _loop_post()
         problem = data_dir_problem(settings.files.data_dir)
         if problem is not None and settings.files.log_json in ("file", "both"):
             # WARNING, not ERROR: mitmdump exits when an error is logged during start-up, and the proxy must
@@ -218,6 +240,9 @@ class Outputs:
         """Stops the metrics server, exports what OTel holds (bounded), drains the writer, closes the sinks."""
         self.running = False
         self.stop_metrics_server()
+        # The loop is busy stopping: the scanner reports what it still holds directly, then ends.
+        self.scanner.post = _call
+        self.scanner.stop()
         otel = self.dispatcher.replace("otel", None)
         if otel is not None:
             otel.close()  # returns within its close timeout even when the collector is away
@@ -225,3 +250,24 @@ class Outputs:
         if self.writer.stop():
             self.dispatcher.close()
         # else: a write never returned (a hung mount): closing the file it holds would hang the stop too
+
+
+def _call(fn: Callable[[], None]) -> None:
+    fn()
+
+
+def _loop_post() -> Callable[[Callable[[], None]], None]:
+    """How the scanner thread hands results to the event loop: call_soon_threadsafe on the running loop
+    (sinks run on the loop only); without a running loop (tests driving the hooks), a direct call."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return _call
+
+    def post(fn: Callable[[], None]) -> None:
+        try:
+            loop.call_soon_threadsafe(fn)
+        except RuntimeError:  # the loop closed under the scanner (shutdown)
+            return
+
+    return post

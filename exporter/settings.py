@@ -96,6 +96,15 @@ class TeamOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretScan:
+    """The secret scanner of outgoing prompts: on or off, bytes scanned per body, bodies waiting at most."""
+
+    enabled: bool = True
+    max_bytes: int = 1_000_000
+    queue_size: int = 64
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     intercept_all: bool = False
     hosts: tuple[str, ...] = ()
@@ -108,6 +117,7 @@ class Settings:
     otel: OtelOptions = OtelOptions()
     cost: CostOptions = CostOptions()
     teams: TeamOptions = TeamOptions()
+    secret_scan: SecretScan = SecretScan()
 
 
 Getter = Callable[[str], Any]
@@ -300,4 +310,9 @@ def settings_from(get: Getter) -> Settings:
         otel=_otel(get, bool(pseudonym_key)),
         cost=_cost(get),
         teams=_teams(get),
+        secret_scan=SecretScan(
+            enabled=_bool(get, "copilot_secret_scan"),
+            max_bytes=_int(get, "copilot_secret_scan_max_bytes", 1024, 64 * 1024 * 1024),
+            queue_size=_int(get, "copilot_secret_scan_queue", 1, 100_000),
+        ),
     )

@@ -96,6 +96,7 @@ class Answer:
     text_chars: int = 0
     has_text: bool = False
     tool_calls: list[str] = field(default_factory=list)
+    tool_servers: list[str] = field(default_factory=list)  # per tool call: the MCP server the answer named, or ""
     finish_reasons: dict[int, str] = field(default_factory=dict)
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -134,9 +135,32 @@ class Answer:
             return None
         return self.finish_reasons[min(self.finish_reasons)]
 
-    def add_tool(self, name: Any) -> None:
+    def add_tool(self, name: Any, server: Any = None) -> None:
         if isinstance(name, str) and name and len(self.tool_calls) < MAX_TOOL_CALLS:
             self.tool_calls.append(name[:128])
+            self.tool_servers.append(server[:128] if isinstance(server, str) else "")
+
+
+def _tool_item(a: Answer, item: dict[str, Any]) -> bool:
+    """A Responses output item that is a tool call: a function call, or a remote MCP call (with its server)."""
+    if item.get("type") == "function_call":
+        a.add_tool(item.get("name"))
+        return True
+    if item.get("type") == "mcp_call":
+        a.add_tool(item.get("name"), item.get("server_label"))
+        return True
+    return False
+
+
+def _tool_block(a: Answer, block: dict[str, Any]) -> bool:
+    """An Anthropic content block that is a tool call: tool_use, or mcp_tool_use (MCP connector, with its server)."""
+    if block.get("type") == "tool_use":
+        a.add_tool(block.get("name"))
+        return True
+    if block.get("type") == "mcp_tool_use":
+        a.add_tool(block.get("name"), block.get("server_name"))
+        return True
+    return False
 
 
 def openai_usage(a: Answer, usage: Any, inputs: str, outputs: str) -> None:
@@ -225,8 +249,8 @@ class AnswerParser:
                 if isinstance(block, dict):
                     if block.get("type") == "text" and isinstance(block.get("text"), str):
                         a.add_text(0, block["text"])
-                    elif block.get("type") == "tool_use":
-                        a.add_tool(block.get("name"))
+                    else:
+                        _tool_block(a, block)
             reason = _str(obj.get("stop_reason"))
             if reason:
                 a.finish_reasons[0] = reason
@@ -333,10 +357,7 @@ class AnswerParser:
             return False
         if kind == "response.output_item.added":
             item = obj.get("item")
-            if isinstance(item, dict) and item.get("type") == "function_call":
-                a.add_tool(item.get("name"))
-                return True
-            return False
+            return isinstance(item, dict) and _tool_item(a, item)
         if kind == "response.function_call_arguments.delta":
             return True
         if kind in ("response.created", "response.in_progress"):
@@ -372,9 +393,9 @@ class AnswerParser:
         for item in _items(resp.get("output")):
             if not isinstance(item, dict):
                 continue
-            if item.get("type") == "function_call" and not tools_seen:
-                a.add_tool(item.get("name"))
-            elif item.get("type") == "message" and not streamed_text:
+            if not tools_seen and _tool_item(a, item):
+                continue
+            if item.get("type") == "message" and not streamed_text:
                 for part in _items(item.get("content")):
                     if isinstance(part, dict) and part.get("type") == "output_text":
                         text = part.get("text")
@@ -397,10 +418,7 @@ class AnswerParser:
             return delta.get("type") in ("input_json_delta", "thinking_delta")
         if kind == "content_block_start":
             block = obj.get("content_block")
-            if isinstance(block, dict) and block.get("type") == "tool_use":
-                a.add_tool(block.get("name"))
-                return True
-            return False
+            return isinstance(block, dict) and _tool_block(a, block)
         if kind == "message_start":
             msg = obj.get("message")
             if isinstance(msg, dict):

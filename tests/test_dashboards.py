@@ -41,6 +41,7 @@ UIDS = {
     "copilot-acceptance.json": "copilot-acceptance",
     "copilot-cost.json": "copilot-cost",
     "copilot-teams.json": "copilot-teams",
+    "copilot-governance.json": "copilot-governance",
 }
 CHAIN = ("user", "editor", "language", "kind")
 LOGS_QUERY = '{job="copilot-proxy-insight"} | json | user=~"$user" | kind=~"$kind"'

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import structlog
 
-from exporter.dispatch import Emitted, Health
+from exporter.dispatch import Emitted, Health, Observed
 from exporter.events import UsageEvent, iso_utc
 from exporter.writer import BackgroundWriter
 
@@ -223,7 +223,11 @@ class JsonLogSink:
         self._logger.info(event.name, timestamp=iso_utc(event.timestamp), **event.log_fields())
 
     def health(self, signal: Health) -> None:
-        return None
+        """Facts that are not calls but carry a log line (e.g. copilot.secret_detected)."""
+        if isinstance(signal, Observed) and signal.log_event and self.enabled:
+            fields = dict(signal.log_fields)
+            self._day = str(fields.get("timestamp", ""))[:10] or self._day
+            self._logger.info(signal.log_event, **fields)
 
     def enqueue(self, line: str) -> None:
         """Event loop: keep the line for the writer thread (a deque append; the thread drains every batch).

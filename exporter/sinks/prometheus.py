@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from exporter import metricdefs as md
-from exporter.dispatch import AuthFailure, ClientSeen, Emitted, ExporterError, Health, LabelEvicted, LabelOverflow
+from exporter.dispatch import (
+    AuthFailure,
+    ClientSeen,
+    Emitted,
+    ExporterError,
+    Health,
+    LabelEvicted,
+    LabelOverflow,
+    Observed,
+)
+from exporter.observe import Observation
 
 
 def build_metrics(registry: CollectorRegistry) -> dict[str, Any]:
@@ -47,7 +58,10 @@ class PrometheusSink:
         return child
 
     def handle(self, item: Emitted) -> None:
-        for obs in item.observations:
+        self._record(item.observations)
+
+    def _record(self, observations: Iterable[Observation]) -> None:
+        for obs in observations:
             child = self._child(obs.metric, obs.labels)
             if obs.metric.type is md.MetricType.HISTOGRAM:
                 child.observe(obs.value)
@@ -66,6 +80,8 @@ class PrometheusSink:
         elif isinstance(signal, ClientSeen):
             labels = (signal.user, signal.editor, signal.editor_version, signal.plugin, signal.plugin_version)
             self._child(md.CLIENT_INFO, labels).set(1)
+        elif isinstance(signal, Observed):
+            self._record(signal.observations)
 
     def _drop(self, label: str, value: str) -> None:
         """Removes every series whose `label` is `value` (a user who gave their slot to another)."""

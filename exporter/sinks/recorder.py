@@ -15,6 +15,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 from exporter.classify import Kind
 from exporter.dispatch import Emitted, Health
 from exporter.events import UsageEvent, iso_utc
+from exporter.secrets import mask_secrets
 from exporter.sinks.jsonlog import redact_value
 from exporter.writer import BackgroundWriter
 
@@ -84,7 +85,7 @@ def redact_body(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list):
         return [redact_body(v, depth + 1) for v in value]
     if isinstance(value, str) and len(value) > 8:
-        return redact_value(value)
+        return mask_secrets(redact_value(value))  # credentials the secret scanner knows, too
     return value
 
 

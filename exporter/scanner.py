@@ -1,0 +1,291 @@
+"""The secret scanner: a bounded queue and one worker thread, so scanning never delays or changes a request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from exporter.events import iso_utc
+from exporter.secrets import find_secrets, fingerprint, nearest_path, path_hints
+
+log = logging.getLogger("copilot_proxy_insight")
+
+SECRET_EVENT = "copilot.secret_detected"
+# Why a body (or part of one) went unscanned: the `reason` label of copilot_secret_scans_skipped_total.
+QUEUE_FULL = "queue_full"
+TRUNCATED = "truncated"
+UNDECODABLE = "undecodable"
+SCAN_ERROR = "error"
+SKIP_REASONS = (QUEUE_FULL, TRUNCATED, UNDECODABLE, SCAN_ERROR)
+
+REPEAT_WINDOW_S = 24 * 3600.0  # a secret already reported for a user is reported again after this long
+MAX_REMEMBERED = 50_000
+MAX_DEPTH = 64
+# Where in a body a secret was: a fixed vocabulary (role and item types from the network are not kept).
+LOCATIONS = frozenset({"prompt", "suffix", "system", "user", "assistant", "tool_result", "tool_call", "body"})
+_ROLE_LOCATIONS = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_TOOL_RESULT_TYPES = frozenset({"tool_result", "function_call_output", "mcp_tool_result", "custom_tool_call_output"})
+_TOOL_CALL_TYPES = frozenset({"tool_use", "function_call", "mcp_call", "mcp_tool_use", "custom_tool_call"})
+_TOP_LOCATIONS = {"prompt": "prompt", "suffix": "suffix", "system": "system", "instructions": "system"}
+
+
+@dataclass(frozen=True, slots=True)
+class ScanJob:
+    """One decoded request body (or WebSocket frame) and who sent it; `body` is already cut to the byte cap."""
+
+    started: float  # the call's start (the tracker's clock)
+    user: str
+    editor: str
+    kind: str
+    model: str | None
+    request_id: str | None
+    interaction_id: str | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SecretFinding:
+    """One credential in one request: who, where and a keyed fingerprint; never the secret or its context."""
+
+    started: float
+    user: str
+    editor: str
+    kind: str
+    model: str | None
+    secret_type: str
+    location: str
+    path_hint: str | None
+    fingerprint: str
+    request_id: str | None
+    interaction_id: str | None
+
+    @property
+    def timestamp(self) -> datetime:
+        return datetime.fromtimestamp(self.started, UTC)
+
+    def log_fields(self) -> dict[str, Any]:
+        """The `copilot.secret_detected` line's fields (without event/level, which the logger adds)."""
+        return {
+            "timestamp": iso_utc(self.timestamp),
+            "user": self.user,
+            "editor": self.editor,
+            "kind": self.kind,
+            "model": self.model,
+            "secret_type": self.secret_type,
+            "location": self.location,
+            "path_hint": self.path_hint,
+            "fingerprint": self.fingerprint,
+            "request_id": self.request_id,
+            "interaction_id": self.interaction_id,
+        }
+
+
+def _location(obj: dict[str, Any], parent: str) -> str:
+    kind = obj.get("type")
+    if kind in _TOOL_RESULT_TYPES or obj.get("role") == "tool":
+        return "tool_result"
+    if kind in _TOOL_CALL_TYPES:
+        return "tool_call"
+    role = obj.get("role")
+    if isinstance(role, str) and role in _ROLE_LOCATIONS:
+        return _ROLE_LOCATIONS[role]
+    return parent
+
+
+def texts(doc: Any) -> Iterator[tuple[str, str]]:
+    """(location, text) of every string in a parsed body, in document order, without recursion (a hostile
+    body nested 10,000 deep is walked to MAX_DEPTH and no further)."""
+    stack: list[tuple[Any, str, int]] = [(doc, "body", 0)]
+    while stack:
+        obj, where, depth = stack.pop()
+        if isinstance(obj, str):
+            yield where, obj
+        elif depth >= MAX_DEPTH:
+            continue
+        elif isinstance(obj, dict):
+            here = _location(obj, where)
+            children = []
+            for key, value in obj.items():
+                if isinstance(value, str | dict | list):
+                    at = _TOP_LOCATIONS.get(key, here) if depth == 0 else here
+                    if key == "tool_calls" or (key == "arguments" and here != "tool_result"):
+                        at = "tool_call"
+                    children.append((value, at, depth + 1))
+            stack.extend(reversed(children))
+        elif isinstance(obj, list):
+            stack.extend((item, where, depth + 1) for item in reversed(obj) if isinstance(item, str | dict | list))
+
+
+def parse_body(body: bytes) -> Iterator[tuple[str, str]]:
+    """The texts of a JSON body; a body that is not JSON (or too deep for the parser) is scanned as text."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        yield "body", body.decode("utf-8", "replace")
+        return
+    yield from texts(doc)
+
+
+def scan_job(job: ScanJob, key: bytes) -> list[SecretFinding]:
+    """Every distinct secret of one body, with the file path named last before it (in the same text, else
+    in an earlier part: a tool result after the read_file call that named the file)."""
+    found: dict[str, SecretFinding] = {}
+    carried: str | None = None
+    for where, text in parse_body(job.body):
+        hints = list(path_hints(text))
+        for hit in find_secrets(text):
+            mark = fingerprint(key, hit.type, hit.value)
+            if mark in found:
+                continue
+            hint = nearest_path(hints, hit.start, carried)
+            if hint is not None and (hit.value in hint or hint in hit.value):
+                hint = None
+            found[mark] = SecretFinding(
+                job.started,
+                job.user,
+                job.editor,
+                job.kind,
+                job.model,
+                hit.type,
+                where,
+                hint[:256] if hint else None,
+                mark,
+                job.request_id,
+                job.interaction_id,
+            )
+        if hints:
+            carried = hints[-1][1]
+    return list(found.values())
+
+
+Deliver = Callable[[list[SecretFinding], list[str]], None]
+Post = Callable[[Callable[[], None]], None]
+ScanFn = Callable[[ScanJob, bytes], list[SecretFinding]]
+
+
+def _direct(fn: Callable[[], None]) -> None:
+    fn()
+
+
+class Scanner:
+    """Takes jobs from the event loop (never blocking: a full queue skips the body and counts it), scans them
+    on one worker thread and hands findings and skips back through `post` (the event loop's
+    call_soon_threadsafe when running under mitmproxy). Repeats of a secret for a user are reported once
+    per REPEAT_WINDOW_S: agent loops and chat turns resend the whole conversation every round."""
+
+    def __init__(self, deliver: Deliver, scan: ScanFn = scan_job, clock: Callable[[], float] = time.time) -> None:
+        self._deliver = deliver
+        self._scan = scan
+        self._clock = clock
+        self.enabled = False
+        self.max_bytes = 1_000_000
+        self.key = b""
+        self.post: Post = _direct
+        self._queue: queue.Queue[ScanJob | None] = queue.Queue(maxsize=64)
+        self._thread: threading.Thread | None = None
+        self._reported: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def configure(self, enabled: bool, max_bytes: int, queue_size: int, key: bytes) -> None:
+        """Applies the options; a new queue size takes effect with a new queue (the old one drains first)."""
+        self.enabled = enabled
+        self.max_bytes = max_bytes
+        self.key = key
+        if queue_size != self._queue.maxsize:
+            self.stop()
+            self._queue = queue.Queue(maxsize=queue_size)
+        if enabled:
+            self.start()
+
+    def start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, args=(self._queue,), name="copilot-proxy-insight-scanner", daemon=True
+            )
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Lets the worker finish the queued jobs, then ends it."""
+        thread = self._thread
+        if thread is None:
+            return
+        self._thread = None
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return  # a stuck worker: it is a daemon thread and dies with the process
+        thread.join(timeout)
+
+    def submit(self, job: ScanJob) -> None:
+        """Event loop: queue a body for scanning. O(1): at most a slice to the byte cap; never waits."""
+        if not self.enabled:
+            return
+        skipped = []
+        if len(job.body) > self.max_bytes:
+            skipped.append(TRUNCATED)
+            cut = job.body[: self.max_bytes]
+            job = ScanJob(
+                job.started, job.user, job.editor, job.kind, job.model, job.request_id, job.interaction_id, cut
+            )
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            skipped = [QUEUE_FULL]
+        if skipped:
+            self._deliver([], skipped)
+
+    def skipped(self, reason: str) -> None:
+        """Event loop: a body that could not be scanned at all (e.g. its Content-Encoding failed)."""
+        if self.enabled:
+            self._deliver([], [reason])
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Tests and shutdown: True once every queued job has been scanned and delivered."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _run(self, jobs: queue.Queue[ScanJob | None]) -> None:
+        while True:
+            job = jobs.get()
+            try:
+                if job is None:
+                    return
+                self._one(job)
+            finally:
+                jobs.task_done()
+
+    def _one(self, job: ScanJob) -> None:
+        try:
+            findings = self._scan(job, self.key)
+        except Exception as e:  # a detector bug must not end the worker: count it and go on
+            log.warning("copilot-proxy-insight: secret scan failed: %s", type(e).__name__)
+            findings, skipped = [], [SCAN_ERROR]
+        else:
+            skipped = []
+        fresh = [f for f in findings if self._fresh(f)]
+        if fresh or skipped:
+            self.post(lambda: self._deliver(fresh, skipped))
+
+    def _fresh(self, finding: SecretFinding) -> bool:
+        """Worker thread only (it owns `_reported`): whether this user's secret was not reported recently."""
+        key = (finding.user, finding.fingerprint)
+        now = self._clock()
+        last = self._reported.get(key)
+        if last is not None and now - last < REPEAT_WINDOW_S:
+            return False
+        self._reported[key] = now
+        self._reported.move_to_end(key)
+        while len(self._reported) > MAX_REMEMBERED:
+            self._reported.popitem(last=False)
+        return True
