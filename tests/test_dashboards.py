@@ -244,8 +244,8 @@ def selector_metrics(selector: str) -> list[str]:
     assert match, selector
     if match.group(1):
         return [match.group(1)]
-    names = re.fullmatch(r'__name__=~"([\w:|]+)"', (match.group(2) or "").strip())
-    assert names, f'{selector}: name the metrics, as name{{…}} or {{__name__=~"a|b"}}'
+    names = re.match(r'__name__=~"([\w:|]+)"(,|$)', (match.group(2) or "").strip())
+    assert names, f'{selector}: name the metrics, as name{{…}} or {{__name__=~"a|b"}} (first)'
     return names.group(1).split("|")
 
 
@@ -264,12 +264,25 @@ def test_query_variables_read_existing_labels(file: str) -> None:
 def test_selector_metrics_reads_both_forms() -> None:
     assert selector_metrics('up{job=~"$job"}') == ["up"]
     assert selector_metrics('{__name__=~"copilot_a_total|copilot_b_total"}') == ["copilot_a_total", "copilot_b_total"]
+    assert selector_metrics('{__name__=~"copilot_a_total|copilot_b_info", team=~"$team"}') == [
+        "copilot_a_total",
+        "copilot_b_info",
+    ]
     with pytest.raises(AssertionError):
         selector_metrics('{user="x"}')
 
 
-def test_user_variable_lists_users_whose_every_call_failed(tmp_path: Path) -> None:
-    """carol only ever got errors: no counted interaction, yet she must be selectable."""
+@pytest.mark.parametrize(
+    ("team", "offered"),
+    [
+        (".*", ("alice", "carol", "erin")),  # Team All: every user, with or without a team
+        ("backend", ("alice", "erin")),  # erin is in the team without a call: offered, her panels empty
+        ("(frontend)", ()),
+    ],
+)
+def test_user_variable_lists_users_whose_every_call_failed(tmp_path: Path, team: str, offered: tuple[str, ...]) -> None:
+    """carol only ever got errors: no counted interaction, yet she must be selectable; and only the members
+    of the selected teams are (alice and erin are in `backend`, carol in no team)."""
     var = variables(dashboards()["copilot-usage.json"])["user"]
     match = re.fullmatch(r"label_values\((.+),\s*user\)", variable_query(var))
     assert match
@@ -281,11 +294,14 @@ def test_user_variable_lists_users_whose_every_call_failed(tmp_path: Path) -> No
             "values": "1x5",
         },
         {"series": series_line("copilot_client_info", {"user": "dave", "editor": "vscode"}), "values": "1x5"},
+        {"series": series_line("copilot_user_team_info", {"user": "alice", "team": "backend"}), "values": "1x5"},
+        {"series": series_line("copilot_user_team_info", {"user": "erin", "team": "backend"}), "values": "1x5"},
     ]
     rules_path = tmp_path / "user-variable.yaml"
-    rule = {"alert": "UserOffered", "expr": f"count by (user) ({match.group(1)}) > 0"}
+    selector = match.group(1).replace("$team", team)
+    rule = {"alert": "UserOffered", "expr": f"count by (user) ({selector}) > 0"}
     rules_path.write_text(yaml.safe_dump({"groups": [{"name": "user-variable", "rules": [rule]}]}))
-    expected = [{"exp_labels": {"user": user}} for user in ("alice", "carol")]
+    expected = [{"exp_labels": {"user": user}} for user in offered]
     unit_test = {
         "rule_files": [str(rules_path)],
         "evaluation_interval": "1m",
@@ -301,6 +317,51 @@ def test_user_variable_lists_users_whose_every_call_failed(tmp_path: Path) -> No
     test_path.write_text(yaml.safe_dump(unit_test, sort_keys=False))
     result = run_promtool("test", "rules", str(test_path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+TEAM_FILTERED = ("copilot-usage.json", "copilot-acceptance.json", "copilot-cost.json", "copilot-governance.json")
+
+
+@pytest.mark.parametrize("file", TEAM_FILTERED)
+def test_per_user_dashboards_filter_by_team(file: str) -> None:
+    """$team (All: `.*`, every user) before $user; the user list and the hidden $team_users (All expands to
+    the list, so All users means all users of the selected teams) read the team through the info metric;
+    every Prometheus selector on $user also matches $team_users."""
+    dash = dashboards()[file]
+    vars_ = variables(dash)
+    names = list(vars_)
+    assert names.index("team") < names.index("user") < names.index("team_users")
+    team, user, hidden = vars_["team"], vars_["user"], vars_["team_users"]
+    assert variable_query(team) == "label_values(copilot_user_team_info, team)"
+    assert team["includeAll"] and team["multi"] and team["allValue"] == ".*"
+    for var in (user, hidden):
+        selector = re.fullmatch(r"label_values\((.+),\s*user\)", variable_query(var))
+        assert selector, var["name"]
+        assert selector.group(1).endswith('|copilot_user_team_info", team=~"$team"}'), var["name"]
+    assert hidden["hide"] == 2 and hidden["includeAll"] and not hidden.get("allValue")
+    on_user = [
+        (where, expr)
+        for f, where, expr, _ in promql_queries()
+        if f == file and '"$user"' in expr and where not in ("variable 'user'", "variable 'team_users'")
+    ]
+    assert on_user
+    for where, expr in on_user:
+        assert expr.count('user=~"$user"') == expr.count('user=~"$user", user=~"$team_users"'), where
+    # With Team All, $team_users is every user of every series the panels read (as `.*` would be).
+    panel_metrics = {
+        n
+        for f, where, expr, _ in promql_queries()
+        if f == file and not where.startswith("variable")
+        for n in metric_names(substitute(expr, defined_variables(file)))
+    }
+    labelled = {n for n, labels in metric_labels().items() if "user" in labels and n.startswith("copilot_")}
+    assert panel_metrics & labelled <= set(selector_metrics(hidden_selector(hidden)))
+
+
+def hidden_selector(var: dict[str, Any]) -> str:
+    match = re.fullmatch(r"label_values\((.+),\s*user\)", variable_query(var))
+    assert match
+    return match.group(1)
 
 
 def test_health_dashboard_takes_the_job_from_a_variable() -> None:

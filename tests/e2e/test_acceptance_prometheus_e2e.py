@@ -34,6 +34,7 @@ from tests.e2e.test_prometheus_e2e import (
     last_scrape_after,
     rules_evaluated,
     run_dashboard_queries,
+    variable_options,
 )
 from tests.test_alerts import RULES_FILE
 
@@ -42,6 +43,8 @@ pytestmark = pytest.mark.e2e
 FILE = "copilot-acceptance.json"
 PASSWORDS = {"alice": "alice-Pw-7f3kQ9xLm2", "bob": "bob-Pw-2m8xZ4vRt6", "carol": "carol-Pw-9q2Lk4Tz8w"}
 RULE = "copilot:suggestions:acceptance_ratio_rate1h"
+TEAMS = "copilot-teams.json"
+TEAM_RULE = "copilot:team_completions:acceptance_ratio_rate1h"
 NES = "next_edit"
 
 
@@ -112,6 +115,8 @@ class Run:
     window_ms: int
     answers: dict[tuple[str, str], Answer]
     rule: list[dict[str, Any]]
+    options: dict[str, set[str]]
+    team_rule: list[dict[str, Any]]
 
 
 def _send_all(backend: FakeCopilotBackend, port: int, ca: str, calls: list[Call]) -> None:
@@ -130,7 +135,20 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     try:
         with FakeCopilotBackend() as backend:
             htpasswd = write_htpasswd(tmp / "htpasswd", PASSWORDS)
-            proxy = start_proxy(backend, tmp / "mitmdump", tmp / "data", htpasswd, copilot_metrics_port=metrics_port)
+            # alice in `backend`, bob in `frontend` (each of the minimum size), carol in no team.
+            team_map = tmp / "teams.csv"
+            team_map.write_text(
+                "".join(f"{u},backend\n" for u in ("alice", "dave", "erin", "frank", "gina"))
+                + "".join(f"{u},frontend\n" for u in ("bob", "hank", "ivan", "judy", "kim"))
+            )
+            proxy = start_proxy(
+                backend,
+                tmp / "mitmdump",
+                tmp / "data",
+                htpasswd,
+                copilot_metrics_port=metrics_port,
+                copilot_team_map=team_map,
+            )
             try:
                 prom.wait_ready()
                 for n, phase in enumerate(("a", "b"), start=1):
@@ -149,25 +167,27 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 at_ms = last_scrape_after(prom, time.time())
                 seen = time.time()
                 prom.wait(lambda: rules_evaluated(prom, seen), "every rule group to evaluate the last scrape")
-                answers = run_dashboard_queries(prom, at_ms, at_ms - start_ms, ALL, {FILE})
+                answers = run_dashboard_queries(prom, at_ms, at_ms - start_ms, ALL, {FILE, TEAMS})
                 rule = prom.query(RULE)
+                team_rule = prom.query(TEAM_RULE)
+                options = variable_options(prom, FILE, ALL, at_ms, at_ms - start_ms)
             finally:
                 proxy.stop()
     finally:
         prom.stop()
-    yield Run(at_ms - start_ms, answers, rule)
+    yield Run(at_ms - start_ms, answers, rule, options, team_rule)
 
 
-def _answer(run: Run, where: str) -> Answer:
-    found = run.answers.get((FILE, where))
+def _answer(run: Run, where: str, file: str = FILE) -> Answer:
+    found = run.answers.get((file, where))
     assert found is not None, f"no query {where}"
     assert found.error is None and found.range_error is None, found.error or found.range_error
     return found
 
 
-def values(run: Run, where: str, *labels: str) -> dict[Any, float]:
+def values(run: Run, where: str, *labels: str, file: str = FILE) -> dict[Any, float]:
     out: dict[Any, float] = {}
-    for sample in _answer(run, where).result or []:
+    for sample in _answer(run, where, file).result or []:
         key = tuple(sample["metric"].get(label, "") for label in labels)
         out[key[0] if len(labels) == 1 else key] = float(sample["value"][1])
     return out
@@ -185,9 +205,19 @@ def per_second(run: Run, counts: dict[Any, float]) -> dict[Any, float]:
 
 def test_every_acceptance_query_evaluates(run: Run) -> None:
     assert len(run.answers) > 20
-    empty = sorted(where for (_f, where), a in run.answers.items() if not a.result)
+    empty = sorted(where for (f, where), a in run.answers.items() if not a.result and f == FILE)
     # Nothing fires within a test of seconds (the alerts' `for:` are minutes to hours).
     assert empty == ["annotation 'Copilot alerts'"], empty
+    # Team All still means every user, carol (in no team, completions without telemetry) included.
+    assert run.options["team"] == {"backend", "frontend"}
+    assert run.options["team_users"] == run.options["user"] | {"carol"} == {"alice", "bob", "carol"}
+
+
+def test_acceptance_by_team_through_the_info_join(run: Run) -> None:
+    """Completions only: alice's 2 of 4 (backend); bob's 3 of 5 in Neovim and 0 of 2 in JetBrains (frontend)."""
+    want = {"backend": 2 / 4, "frontend": 3 / 7}
+    close(values(run, "panel 'Completion acceptance by team' A", "team", file=TEAMS), want, "team panel")
+    close({s["metric"]["team"]: float(s["value"][1]) for s in run.team_rule}, want, TEAM_RULE)
 
 
 def test_overview_stats_equal_phase_b(run: Run) -> None:

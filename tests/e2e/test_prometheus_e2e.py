@@ -118,6 +118,8 @@ ALLOWED_EMPTY: dict[tuple[str, str], str] = {
             "'Telemetry events by store' B",
         )
     },
+    ("copilot-teams.json", "panel 'Completion acceptance by team' A"): "phase B repeats phase A's suggestion ids "
+    "(deduplicated: nothing shown in the range); tests/e2e/test_acceptance_prometheus_e2e.py checks this panel",
     ("copilot-governance.json", "panel 'MCP requests per user' A"): _NO_GOVERNANCE_TRAFFIC,
     ("copilot-governance.json", "panel 'MCP tool calls by server' A"): _NO_GOVERNANCE_TRAFFIC,
     ("copilot-governance.json", "panel 'Secret scans skipped' A"): _NO_GOVERNANCE_TRAFFIC,
@@ -457,9 +459,15 @@ ALL: dict[str, Sequence[str] | None] = {
     "instance": None,
     "job": None,
     "team": None,
+    "team_users": None,
 }
+# Dashboards with a per-user view, filtered by team through $team and the hidden $team_users.
+TEAM_FILTERED = ("copilot-usage.json", "copilot-acceptance.json", "copilot-cost.json", "copilot-governance.json")
+FRONTEND: dict[str, Sequence[str] | None] = {**ALL, "team": ["frontend"]}
 # A concrete selection on the usage dashboard: bob's Neovim Lua completions.
 BOB_NEOVIM_LUA: dict[str, Sequence[str] | None] = {
+    "team": None,
+    "team_users": None,
     "user": ["bob"],
     "editor": ["neovim"],
     "language": ["lua"],
@@ -544,6 +552,8 @@ class Run:
     at_ms: int
     answers: dict[tuple[str, str], Answer]
     bob_answers: dict[tuple[str, str], Answer]
+    team_users: dict[str, set[str]]
+    team_answers: dict[tuple[str, str], Answer]
     variable_values: dict[tuple[str, str], dict[str, set[str]]]
     pending_panel: list[dict[str, Any]]
     raw: dict[str, list[dict[str, Any]]]
@@ -604,9 +614,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     prom = Prometheus(tmp / "prometheus", [f"127.0.0.1:{metrics_port}"], [RULES_FILE]).start()
     try:
         with FakeCopilotBackend() as backend:
-            # Teams for the Copilot / Teams dashboard: alice and bob in one team of the minimum size.
+            # Teams for the Copilot / Teams dashboard and the $team filters: alice in `backend`, bob in
+            # `frontend`, each of the minimum size (the other members send nothing).
             team_map = tmp / "teams.csv"
-            team_map.write_text("".join(f"{u},backend\n" for u in ("alice", "bob", "carol", "dave", "erin")))
+            members = {
+                "backend": ("alice", "carol", "dave", "erin", "frank"),
+                "frontend": ("bob", "gina", "hank", "ivan", "judy"),
+            }
+            team_map.write_text("".join(f"{u},{team}\n" for team, users in members.items() for u in users))
             proxy = start_proxy(
                 backend,
                 tmp / "mitmdump",
@@ -648,11 +663,21 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 files = set(dashboards())
                 answers = run_dashboard_queries(prom, at_ms, window_ms, ALL, files)
                 bob_answers = run_dashboard_queries(prom, at_ms, window_ms, BOB_NEOVIM_LUA, {"copilot-usage.json"})
+                # Team frontend: what Grafana would ask, $team_users expanded to the users it offers.
+                team_users = {
+                    file: variable_options(prom, file, FRONTEND, at_ms, window_ms)["team_users"]
+                    for file in TEAM_FILTERED
+                }
+                team_answers: dict[tuple[str, str], Answer] = {}
+                for file, users in team_users.items():
+                    selected = {**FRONTEND, "team_users": sorted(users)}
+                    team_answers |= run_dashboard_queries(prom, at_ms, window_ms, selected, {file})
                 variable_values = {
                     (file, selection): variable_options(prom, file, selected, at_ms, window_ms)
                     for file, selection, selected in (
                         (USAGE, "all", ALL),
                         (USAGE, "bob", BOB_NEOVIM_LUA),
+                        (USAGE, "frontend", FRONTEND),
                         (HEALTH, "all", ALL),
                         (PERF, "all", ALL),
                     )
@@ -687,6 +712,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         at_ms=at_ms,
         answers=answers,
         bob_answers=bob_answers,
+        team_users=team_users,
+        team_answers=team_answers,
         variable_values=variable_values,
         pending_panel=pending_panel,
         raw=raw,
@@ -834,17 +861,23 @@ def test_variables_offer_the_traffic_labels(run: Run) -> None:
     """The chained variables, as Grafana asks Prometheus for their options (All, then bob's Neovim Lua)."""
     editors = {"vscode", "jetbrains-iu", "neovim", "other"}
     assert run.variable_values[(USAGE, "all")] == {
+        "team": {"backend", "frontend"},
         "user": {"alice", "bob"},
+        "team_users": {"alice", "bob"},
         "editor": editors,
         "language": {"python", "java", "lua", "unknown"},
         "kind": {"completion", "chat_agent", "next_edit"},
     }
     assert run.variable_values[(USAGE, "bob")] == {
+        "team": {"backend", "frontend"},
         "user": {"alice", "bob"},
+        "team_users": {"alice", "bob"},
         "editor": editors,  # bob uses all four
         "language": {"lua"},  # of bob's Neovim requests
         "kind": {"completion"},
     }
+    frontend = run.variable_values[(USAGE, "frontend")]
+    assert (frontend["team"], frontend["user"], frontend["team_users"]) == ({"backend", "frontend"}, {"bob"}, {"bob"})
     (instance,) = run.variable_values[(HEALTH, "all")]["instance"]
     assert instance.startswith("127.0.0.1:")
     assert run.variable_values[(PERF, "all")]["kind"] == set(project(run.phase_b.responses, 0))
@@ -873,13 +906,47 @@ def test_concrete_variable_values_evaluate_and_filter(run: Run) -> None:
 
 
 def test_team_panels_equal_the_traffic_through_the_info_join(run: Run) -> None:
-    """alice and bob are both in `backend` (copilot_user_team_info): each team panel equals their sum."""
+    """alice is in `backend`, bob in `frontend` (copilot_user_team_info): each team panel is its member's."""
     b = run.phase_b
     teams = "copilot-teams.json"
-    assert vector(run, teams, "panel 'Interactions by team' A", "team") == {"backend": sum(b.requests.values())}
-    assert vector(run, teams, "panel 'Active users by team' A", "team") == {"backend": 2}
-    assert vector(run, teams, "panel 'Model calls by team' A", "team") == {"backend": sum(b.model_calls.values())}
-    assert vector(run, teams, "panel 'Tokens by team' A", "team") == {"backend": sum(b.tokens.values())}
+    team_of = {"alice": "backend", "bob": "frontend"}
+
+    def by_team(counts: Counter[tuple[str, str, str, str]]) -> dict[str, int]:
+        return {team_of[user]: n for user, n in project(counts, 0).items()}
+
+    assert vector(run, teams, "panel 'Interactions by team' A", "team") == by_team(b.requests)
+    assert vector(run, teams, "panel 'Active users by team' A", "team") == {"backend": 1, "frontend": 1}
+    assert vector(run, teams, "panel 'Model calls by team' A", "team") == by_team(b.model_calls)
+    assert vector(run, teams, "panel 'Tokens by team' A", "team") == by_team(b.tokens)
+    credits = {team_of[user]: n for user, n in vector(run, COST, "panel 'Top spenders' A", "user").items()}
+    assert set(credits) == {"backend", "frontend"}
+    assert_close(vector(run, teams, "panel 'AI credits by team' A", "team"), credits, "credits by team")
+
+
+def _series(sample: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(sample["metric"].items()))
+
+
+def test_team_filter_of_the_per_user_dashboards_keeps_only_the_teams_users(run: Run) -> None:
+    """Team frontend on the usage, acceptance, cost and governance dashboards: $team_users is bob alone, and
+    every per-user series of every panel is bob's, with the value it has with Team All."""
+    assert run.team_users == {file: {"bob"} for file in TEAM_FILTERED}
+    compared = 0
+    for key, team in run.team_answers.items():
+        assert team.error is None and team.range_error is None, (key, team.error or team.range_error)
+        everyone = run.answers[key]
+        per_user = [s for s in everyone.result or [] if "user" in s["metric"]]
+        if not per_user or key[1].startswith("variable"):
+            continue
+        assert {s["metric"]["user"] for s in team.result or []} <= {"bob"}, key
+        bobs = {_series(s): s["value"][1] for s in per_user if s["metric"]["user"] == "bob"}
+        assert {_series(s): s["value"][1] for s in team.result or []} == bobs, key
+        compared += 1
+    assert compared >= 20  # per-user panels on all four dashboards
+    b = run.phase_b
+    usage = {k[1]: a for k, a in run.team_answers.items() if k[0] == USAGE}
+    (completions,) = usage["panel 'Completions' A"].result or []
+    assert float(completions["value"][1]) == b.requests_by("kind", where=lambda x: x["user"] == "bob")["completion"]
 
 
 def test_usage_overview_and_per_user_numbers_equal_the_traffic(run: Run) -> None:
