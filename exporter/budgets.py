@@ -38,15 +38,20 @@ class BudgetError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Budgets:
-    """The default monthly allowance (credits) and per-user overrides."""
+    """The default monthly allowance (credits), per-team and per-user overrides."""
 
     default: float = PLAN_ALLOWANCES["business"]
     default_is_plan: bool = True  # a plan name: a user's own plan (copilot_internal/user) wins over it
     users: Mapping[str, float] = field(default_factory=dict)
+    teams: Mapping[str, float] = field(default_factory=dict)
 
-    def allowance(self, user: str, plan: str | None = None) -> float:
+    def allowance(self, user: str, plan: str | None = None, teams: tuple[str, ...] = ()) -> float:
+        """The user's own entry, else the largest entry of their teams, else their plan, else the default."""
         if user in self.users:
             return self.users[user]
+        team_allowances = [self.teams[t] for t in teams if t in self.teams]
+        if team_allowances:
+            return max(team_allowances)
         if self.default_is_plan and plan in PLAN_ALLOWANCES:
             return PLAN_ALLOWANCES[plan]
         return self.default
@@ -70,7 +75,8 @@ def parse_default(text: str) -> tuple[float, bool]:
 
 
 def load_budgets(default_text: str, path: str) -> Budgets:
-    """The budgets of the options: a default and an optional JSON file `{"default": …, "users": {name: credits}}`."""
+    """The budgets of the options: a default and an optional JSON file
+    `{"default": …, "teams": {team: credits}, "users": {name: credits}}`."""
     default, is_plan = parse_default(default_text)
     if not path:
         return Budgets(default, is_plan)
@@ -80,14 +86,18 @@ def load_budgets(default_text: str, path: str) -> Budgets:
         raise BudgetError(f"copilot_budget_file: cannot read {path}: {e.strerror or e}") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise BudgetError(f"copilot_budget_file: {path} is not JSON: {e}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("users", {}), dict):
-        raise BudgetError(f"copilot_budget_file: {path}: expected an object with a 'users' object")
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k, {}), dict) for k in ("users", "teams")):
+        raise BudgetError(f"copilot_budget_file: {path}: expected an object with 'users' and/or 'teams' objects")
     if "default" in doc:
         default, is_plan = parse_default(str(doc["default"]))
-    users = {str(u): _credits(v, f"copilot_budget_file: {path}: users.{u}") for u, v in doc.get("users", {}).items()}
-    if len(users) > MAX_BUDGET_USERS:
-        raise BudgetError(f"copilot_budget_file: {path}: more than {MAX_BUDGET_USERS} users")
-    return Budgets(default, is_plan, users)
+    users, teams = (_entries(doc.get(key, {}), f"copilot_budget_file: {path}: {key}") for key in ("users", "teams"))
+    return Budgets(default, is_plan, users, teams)
+
+
+def _entries(entries: Mapping[Any, Any], where: str) -> dict[str, float]:
+    if len(entries) > MAX_BUDGET_USERS:
+        raise BudgetError(f"{where}: more than {MAX_BUDGET_USERS} entries")
+    return {str(name): _credits(value, f"{where}.{name}") for name, value in entries.items()}
 
 
 def month_of(ts: float) -> str:
@@ -140,6 +150,7 @@ class BudgetBoard(Collector):
         self.clock = clock
         self.bound = bound
         self.budgets = Budgets()
+        self.teams_of: Callable[[str], tuple[str, ...]] = _no_teams  # a user label's teams (exporter.teams)
         self.month = month_of(clock())
         self.used: dict[str, int] = {}
         self.plans: dict[str, str] = {}
@@ -192,9 +203,14 @@ class BudgetBoard(Collector):
         for user in sorted(set(spent) | set(self.budgets.users)):
             credits = spent.get(user, 0) / NANO
             used.add_metric([user], credits)
-            allowed.add_metric([user], self.budgets.allowance(user, plans.get(user)))
+            teams = self.teams_of(user) if self.budgets.teams else ()
+            allowed.add_metric([user], self.budgets.allowance(user, plans.get(user), teams))
             projected.add_metric([user], projection(credits, now))
         yield from (used, allowed, projected)
+
+
+def _no_teams(user: str) -> tuple[str, ...]:
+    return ()
 
 
 class CostSink:

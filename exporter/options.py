@@ -219,8 +219,8 @@ OPTIONS: tuple[Option, ...] = (
         "copilot_budget_file",
         str,
         "",
-        'JSON file of per-user monthly allowances, {"default": 1900, "users": {"alice": 5000}}; its users '
-        "override copilot_budget.",
+        'JSON file of monthly allowances, {"default": 1900, "teams": {"backend": 3000}, "users": {"alice": 5000}}: '
+        "a user's entry, else the largest of their teams' (docs/teams.md), else copilot_budget.",
     ),
     Option(
         "copilot_quota_ttl",

@@ -60,6 +60,7 @@ class Outputs:
         self.prometheus.registry.register(self.cost.budget)
         self.dispatcher = Dispatcher(self.errors, self.policy, [self.prometheus, self.cost, *extra_sinks])
         self.teams = TeamDirectory(self._team_error, self.errors.recovered)
+        self.cost.budget.teams_of = self.teams.of  # team allowances of copilot_budget_file
         # Users seen with teams (insertion-ordered, capped like the user label): the info metric's users, by
         # their user label (a user folded into `other` has no team series; an evicted user's go).
         self._team_users: dict[str, None] = {}

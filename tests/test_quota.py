@@ -195,12 +195,46 @@ def test_allowance_per_user_plan_and_file(tmp_path: Path) -> None:
         ("lots", "", "expected business, enterprise or a number"),
         ("business", "{", "is not JSON"),
         ("business", '{"users": {"alice": -1}}', "users.alice"),
-        ("business", '{"users": []}', "'users' object"),
+        ("business", '{"users": []}', "'users' and/or 'teams' objects"),
+        ("business", '{"teams": {"backend": "lots"}}', "teams.backend"),
     ):
         if file_text:
             path.write_text(file_text)
         with pytest.raises(BudgetError, match=needle):
             load_budgets(text, str(path) if file_text else "")
+
+
+@pytest.mark.parametrize(
+    ("user", "plan", "teams", "want"),
+    [
+        ("alice", None, ("backend",), 5000),  # her own entry wins over her team's
+        ("bob", None, ("backend",), 3000),
+        ("bob", "enterprise", ("backend",), 3000),  # a team entry wins over the plan
+        ("carol", None, ("backend", "data"), 3000),  # in two teams: the larger allowance
+        ("dave", None, ("web",), 1000),  # a team without an entry: the default
+        ("dave", "enterprise", ("web",), 1000),  # the file's default is a number, not a plan
+    ],
+)
+def test_team_allowances_from_the_budget_file(
+    tmp_path: Path, user: str, plan: str | None, teams: tuple[str, ...], want: float
+) -> None:
+    path = tmp_path / "budgets.json"
+    path.write_text(json.dumps({"default": 1000, "teams": {"backend": 3000, "data": 2500}, "users": {"alice": 5000}}))
+    assert load_budgets("business", str(path)).allowance(user, plan, teams) == want
+
+
+def test_the_allowance_gauge_takes_the_users_teams_from_the_team_directory(tmp_path: Path) -> None:
+    clock = Clock()
+    sink, registry = _sink(clock)
+    path = tmp_path / "budgets.json"
+    path.write_text(json.dumps({"teams": {"backend": 3000}}))
+    sink.configure(load_budgets("business", str(path)), 3600.0, None)
+    sink.budget.teams_of = lambda user: {"alice": ("backend",)}.get(user, ())
+    for user in ("alice", "bob"):
+        at = datetime.fromtimestamp(clock.now, UTC)
+        sink.handle(emitted(chat(user=user, credits_nano_aiu=10**9, credits_source="server", timestamp=at)))
+    allowance = {u: registry.get_sample_value("copilot_budget_allowance_credits", {"user": u}) for u in ("alice", "bob")}
+    assert allowance == {"alice": 3000, "bob": 1900}
 
 
 def test_a_users_plan_from_user_info_sets_their_allowance() -> None:

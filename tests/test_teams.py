@@ -390,6 +390,19 @@ def test_teams_reach_the_event_the_log_the_summary_and_the_info_metric(harness: 
     assert json.loads(extended)["teams"] == doc["teams"]
 
 
+def test_a_team_allowance_in_the_budget_file_reaches_its_members_gauge(harness: Harness, tmp_path: Path) -> None:
+    """copilot_budget_file's teams entry, through the running team directory: alice (backend) gets it, zoe
+    (in no team) the default."""
+    team_map = _yaml_map(tmp_path / "teams.yaml")
+    budgets = tmp_path / "budgets.json"
+    budgets.write_text(json.dumps({"teams": {"backend": 3000}}))
+    harness.tctx.configure(harness.addon, copilot_team_map=str(team_map), copilot_budget_file=str(budgets))
+    harness.flow(samples.VSCODE_AGENT_TURN, user="alice")
+    harness.flow(samples.VSCODE_AGENT_TURN, user="zoe", request_id="zoe-1")
+    assert harness.sample("copilot_budget_allowance_credits", user="alice") == 3000
+    assert harness.sample("copilot_budget_allowance_credits", user="zoe") == 1900
+
+
 def test_a_map_change_moves_the_info_metric_and_new_calls_within_one_flush(harness: Harness, tmp_path: Path) -> None:
     team_map = _yaml_map(tmp_path / "teams.yaml")
     harness.tctx.configure(harness.addon, copilot_team_map=str(team_map))
