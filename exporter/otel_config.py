@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,13 +32,42 @@ def _truthy(value: str) -> bool:
     return value.lower() in ("1", "true", "yes", "on")
 
 
-def parse_headers(headers: str) -> dict[str, str]:
-    """`key=value,key2=value2` (the OTEL_EXPORTER_OTLP_HEADERS format, values URL-encoded)."""
-    parsed = dict(parse_env_headers(headers, liberal=True))
-    if headers.strip() and not parsed:
-        # Never echo the value: it is usually an API key (and may come from an @file meant to hide it).
-        raise OtelConfigError("OTLP headers: expected key=value,key2=value2 (values URL-encoded)")
+class _NoHeaderValues(logging.Filter):
+    """The SDK's header parser logs a malformed entry verbatim ("Header format invalid! …: <entry>"), and an
+    OTLP header is usually an API key: keep the warning, drop the entry from it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "header" in str(record.msg).lower():
+            record.msg, record.args = "OTLP headers: an entry is not key=value (its value is not shown)", ()
+        return True
+
+
+logging.getLogger("opentelemetry.util.re").addFilter(_NoHeaderValues())
+HEADER_VARS = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_METRICS_HEADERS")
+
+
+def parse_headers(headers: str, where: str = "OTLP headers") -> dict[str, str]:
+    """`key=value,key2=value2` (the OTEL_EXPORTER_OTLP_HEADERS format, values URL-encoded), as the SDK's
+    exporters read it; every entry must be one. The error names the entry's place, never its text: it is
+    usually an API key (and may come from an @file meant to hide it)."""
+    parsed: dict[str, str] = {}
+    for n, entry in enumerate(headers.split(","), start=1):
+        if not entry.strip():
+            continue
+        one = parse_env_headers(entry, liberal=True)
+        if not one:
+            raise OtelConfigError(
+                f"{where}: entry {n} is not key=value (expected key=value,key2=value2, values URL-encoded)"
+            )
+        parsed.update(one)
     return parsed
+
+
+def _check_env_headers() -> None:
+    """A malformed OTEL_EXPORTER_OTLP_*HEADERS stops the start, like a bad option (the exporters would drop it
+    and send without it)."""
+    for name in HEADER_VARS:
+        parse_headers(_env(name), name)
 
 
 def build_resource(service_name: str) -> Resource:
@@ -80,7 +110,7 @@ class OtlpSettings:
     def describe(self) -> str:
         """One line for the log (header names only: their values are often credentials)."""
         signals = [name for name, on in (("traces", self.traces), ("metrics", self.metrics)) if on]
-        names = sorted(self.headers or parse_env_headers(_env("OTEL_EXPORTER_OTLP_HEADERS"), liberal=True))
+        names = sorted(self.headers or parse_headers(_env("OTEL_EXPORTER_OTLP_HEADERS")))
         return (
             f"OTLP {self.protocol} {'+'.join(signals) or 'nothing'}: traces to {self.traces_endpoint}, "
             f"metrics to {self.metrics_endpoint} every {self.export_interval_ms / 1000:g} s"
@@ -138,6 +168,7 @@ def resolve_settings(
             raise OtelConfigError(f"OTEL_METRIC_EXPORT_INTERVAL must be milliseconds: {e}") from e
         if interval_ms <= 0:
             raise OtelConfigError("OTEL_METRIC_EXPORT_INTERVAL must be positive")
+    _check_env_headers()
     timeout = timeout_s
     if timeout is None and not any(_env(v) for v in _TIMEOUT_VARS):
         timeout = DEFAULT_EXPORT_TIMEOUT_S

@@ -17,6 +17,7 @@ from typing import Any
 
 from exporter import __version__
 from exporter.budgets import CostSink
+from exporter.datalock import DataDirInUse, DataDirLock
 from exporter.dispatch import Dispatcher, ExporterError, Health, LabelEvicted, LabelOverflow, Observed, Sink
 from exporter.events import UsageEvent
 from exporter.labels import OTHER, LabelPolicy
@@ -70,6 +71,7 @@ class Outputs:
         self.writer.every_interval("teams", self._refresh_teams)
         self.server: MetricsServer | None = None
         self.running = False
+        self.lock = DataDirLock()  # held while running: one process per data dir and instance id
         self.scanner = Scanner(self._scanned)
 
     def _failed(self, component: str) -> None:
@@ -137,6 +139,11 @@ class Outputs:
             self.teams.configure(new.teams, new.pseudonym_key)
         if old is None or new.otel != old.otel:
             self._build_otel(new.otel)
+        if self.running and old is not None and _place(new.files) != _place(old.files):
+            try:
+                self.lock.acquire(new.files.data_dir, new.files.instance_id)
+            except DataDirInUse as e:
+                raise SettingsError(f"copilot_data_dir: {e}") from None
         if old is None or new.files != old.files:
             self._build_files(new.files)
         if old is None or new.cost != old.cost or new.files.data_dir != old.files.data_dir:
@@ -193,6 +200,15 @@ class Outputs:
 
     def start(self, settings: Settings) -> None:
         self.running = True
+        try:
+            self.lock.acquire(settings.files.data_dir, settings.files.instance_id)
+        except DataDirInUse as e:
+            # ERROR: mitmdump exits when an error is logged during start-up. Nothing may touch the files
+            # of the process that holds the data dir meanwhile, so the file sinks go first.
+            for name in ("jsonlog", "daily", "recorder"):
+                self.dispatcher.replace(name, None)
+            log.error("copilot-proxy-insight: %s", e)
+            return
         self.writer.start()
         self.scanner.post = _loop_post()
         problem = data_dir_problem(settings.files.data_dir)
@@ -251,6 +267,11 @@ class Outputs:
         if self.writer.stop():
             self.dispatcher.close()
         # else: a write never returned (a hung mount): closing the file it holds would hang the stop too
+        self.lock.release()
+
+
+def _place(files: Files) -> tuple[Path, str]:
+    return files.data_dir, files.instance_id
 
 
 def _call(fn: Callable[[], None]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import sys
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.semconv._incubating.metrics import gen_ai_metrics
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.util.re import parse_env_headers
 
 from exporter import __version__, observe, otel_config, otel_pipeline
 from exporter import metricdefs as md
@@ -665,6 +667,30 @@ def test_headers_timeout_and_interval(clean_env: pytest.MonkeyPatch) -> None:
     clean_env.setenv("OTEL_METRIC_EXPORT_INTERVAL", "soon")
     with pytest.raises(OtelConfigError, match="OTEL_METRIC_EXPORT_INTERVAL"):
         otel_config.resolve_settings(True, "", "", "", 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("Authorization: Bearer sk-LEAK", "entry 1 is not key=value"),
+        ("api-key=ok,Authorization: Bearer sk-LEAK", "entry 2 is not key=value"),
+        ("api-key=ok,,sk-LEAK", "entry 3 is not key=value"),
+    ],
+)
+def test_every_header_entry_must_be_key_value_and_the_error_never_shows_it(
+    clean_env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, text: str, problem: str
+) -> None:
+    with pytest.raises(OtelConfigError, match=problem) as raised:
+        otel_config.parse_headers(text)
+    assert "sk-LEAK" not in str(raised.value)
+    clean_env.setenv("OTEL_EXPORTER_OTLP_METRICS_HEADERS", text)
+    with pytest.raises(OtelConfigError, match=f"OTEL_EXPORTER_OTLP_METRICS_HEADERS: {problem}") as raised:
+        otel_config.resolve_settings(True, "", "", "", 0)
+    assert "sk-LEAK" not in str(raised.value)
+    # The SDK's own parser (the exporters call it too) logs a bad entry without quoting it.
+    with caplog.at_level(logging.WARNING):
+        parse_env_headers("Authorization: Bearer sk-LEAK")
+    assert caplog.records and "sk-LEAK" not in caplog.text
 
 
 def test_the_factory_builds_real_providers(clean_env: pytest.MonkeyPatch) -> None:

@@ -233,8 +233,8 @@ def test_the_allowance_gauge_takes_the_users_teams_from_the_team_directory(tmp_p
     for user in ("alice", "bob"):
         at = datetime.fromtimestamp(clock.now, UTC)
         sink.handle(emitted(chat(user=user, credits_nano_aiu=10**9, credits_source="server", timestamp=at)))
-    allowance = {u: registry.get_sample_value("copilot_budget_allowance_credits", {"user": u}) for u in ("alice", "bob")}
-    assert allowance == {"alice": 3000, "bob": 1900}
+    got = {u: registry.get_sample_value("copilot_budget_allowance_credits", {"user": u}) for u in ("alice", "bob")}
+    assert got == {"alice": 3000, "bob": 1900}
 
 
 def test_a_users_plan_from_user_info_sets_their_allowance() -> None:
