@@ -25,7 +25,7 @@ from tests import samples as S
 from tests import telemetry_samples as ts
 from tests.e2e.fakebackend import FakeCopilotBackend
 from tests.e2e.harness import free_port, proxy_client, send
-from tests.e2e.test_e2e import JETBRAINS, NEOVIM, VSCODE, Call, scrape, start_proxy, variant, write_htpasswd
+from tests.e2e.test_e2e import JETBRAINS, NEOVIM, VSCODE, Call, scrape, variant, write_htpasswd
 from tests.e2e.test_prometheus_e2e import (
     ALL,
     Answer,
@@ -34,6 +34,7 @@ from tests.e2e.test_prometheus_e2e import (
     last_scrape_after,
     rules_evaluated,
     run_dashboard_queries,
+    start_team_proxy,
     variable_options,
 )
 from tests.test_alerts import RULES_FILE
@@ -136,19 +137,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         with FakeCopilotBackend() as backend:
             htpasswd = write_htpasswd(tmp / "htpasswd", PASSWORDS)
             # alice in `backend`, bob in `frontend` (each of the minimum size), carol in no team.
-            team_map = tmp / "teams.csv"
-            team_map.write_text(
-                "".join(f"{u},backend\n" for u in ("alice", "dave", "erin", "frank", "gina"))
-                + "".join(f"{u},frontend\n" for u in ("bob", "hank", "ivan", "judy", "kim"))
-            )
-            proxy = start_proxy(
-                backend,
-                tmp / "mitmdump",
-                tmp / "data",
-                htpasswd,
-                copilot_metrics_port=metrics_port,
-                copilot_team_map=team_map,
-            )
+            proxy = start_team_proxy(backend, tmp, htpasswd, metrics_port, ("dave", "erin", "frank", "gina"))
             try:
                 prom.wait_ready()
                 for n, phase in enumerate(("a", "b"), start=1):

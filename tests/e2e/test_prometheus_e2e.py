@@ -603,6 +603,19 @@ def rules_evaluated(prom: Prometheus, after: float) -> list[dict[str, Any]] | No
     return groups
 
 
+def start_team_proxy(
+    backend: FakeCopilotBackend, tmp: Path, htpasswd: Path, metrics_port: int, others: Sequence[str]
+) -> Any:
+    """The proxy with a team map: alice in `backend`, bob in `frontend`, each with four members who send
+    nothing (the minimum size); `others` are alice's team mates, bob's are `others` with a `2` suffix."""
+    team_map = tmp / "teams.csv"
+    members = {"backend": ("alice", *others), "frontend": ("bob", *(f"{u}2" for u in others))}
+    team_map.write_text("".join(f"{u},{team}\n" for team, users in members.items() for u in users))
+    return start_proxy(
+        backend, tmp / "mitmdump", tmp / "data", htpasswd, copilot_metrics_port=metrics_port, copilot_team_map=team_map
+    )
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     started = time.monotonic()
@@ -615,21 +628,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     try:
         with FakeCopilotBackend() as backend:
             # Teams for the Copilot / Teams dashboard and the $team filters: alice in `backend`, bob in
-            # `frontend`, each of the minimum size (the other members send nothing).
-            team_map = tmp / "teams.csv"
-            members = {
-                "backend": ("alice", "carol", "dave", "erin", "frank"),
-                "frontend": ("bob", "gina", "hank", "ivan", "judy"),
-            }
-            team_map.write_text("".join(f"{u},{team}\n" for team, users in members.items() for u in users))
-            proxy = start_proxy(
-                backend,
-                tmp / "mitmdump",
-                tmp / "data",
-                htpasswd,
-                copilot_metrics_port=metrics_port,
-                copilot_team_map=team_map,
-            )
+            # `frontend`, each of the minimum size (the other members send nothing); carol sends nothing.
+            proxy = start_team_proxy(backend, tmp, htpasswd, metrics_port, ("carol", "dave", "erin", "frank"))
             try:
                 prom.wait_ready()
                 timings["started"] = time.monotonic() - started
