@@ -64,3 +64,26 @@ def test_the_in_process_replay_attributes_each_feature_to_its_calls() -> None:
     assert 0 < result.feature_best("telemetry") + result.feature_best("credits") < result.best
     text = replay.report(result)
     assert "telemetry" in text and "core" in text
+
+
+def test_the_fleet_benchmark_spreads_the_load_and_the_replicas_counts_add_up(tmp_path: Path) -> None:
+    """`python -m benchmarks.fleet --quick`: one and two replicas behind a real HAProxy; both replicas of the
+    two-replica fleet got traffic, and the sum of their counters and the merged rebuild equal what was sent."""
+    out = tmp_path / "fleet.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fleet", "--quick", "--json-out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    doc = json.loads(out.read_text())
+    assert set(doc["fleets"]) == {"one", "two"}
+    for name, fleet in doc["fleets"].items():
+        c = fleet["counts"]
+        assert c["counted_sent"] > 0 and c["copilot_requests_total"] == c["counted_sent"], (name, c)
+        assert c["copilot_model_calls_total"] == c["model_calls_sent"], (name, c)
+        assert sum(c["per_replica_requests"]) == c["counted_sent"] == fleet["rebuilt_interactions"], (name, c)
+    assert all(n > 0 for n in doc["fleets"]["two"]["counts"]["per_replica_requests"])
+    assert len(doc["fleets"]["two"]["counts"]["per_replica_requests"]) == 2
