@@ -137,11 +137,15 @@ def parse_body(body: bytes) -> Iterator[tuple[str, str]]:
 def scan_job(job: ScanJob, key: bytes) -> list[SecretFinding]:
     """Every distinct secret of one body, with the file path named last before it (in the same text, else
     in an earlier part: a tool result after the read_file call that named the file)."""
+    parts = list(parse_body(job.body))
+    hits = [find_secrets(text) for _, text in parts]
+    if not any(hits):
+        return []  # the common case: no path hint is needed
     found: dict[str, SecretFinding] = {}
     carried: str | None = None
-    for where, text in parse_body(job.body):
+    for (where, text), text_hits in zip(parts, hits, strict=True):
         hints = list(path_hints(text))
-        for hit in find_secrets(text):
+        for hit in text_hits:
             mark = fingerprint(key, hit.type, hit.value)
             if mark in found:
                 continue
