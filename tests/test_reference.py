@@ -11,8 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import scanner, secrets, telemetry
+from exporter.bodies import parse_request, read_request
 from exporter.scanner import ScanJob
+from exporter.tools import RequestTools, request_tools
 from tests import canaries, reference
+from tests import samples as S
 from tests import telemetry_samples as ts
 from tests.test_secrets_scan import NEAR_MISSES, SHAPES, _shapes
 
@@ -186,3 +189,38 @@ def test_path_hints_carried_across_parts_as_before() -> None:
     raw = json.dumps(body).encode()
     assert scanner.scan_job(_job(raw), KEY) == reference.scan_job(_job(raw), KEY) != []
     assert scanner.scan_job(_job(b"not json " + raw), KEY) == reference.scan_job(_job(b"not json " + raw), KEY)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_body_parsed_once_scans_as_the_bytes_do(shape: str) -> None:
+    text = "\n".join(canaries.fresh().values())
+    raw = json.dumps(_shapes(text)[shape][0]).encode()
+    facts, parsed = read_request(raw, None)
+    assert parsed == json.loads(raw) and facts == parse_request(raw, None)
+    with_doc = ScanJob(1767220000.0, "alice", "vscode", "chat_agent", "gpt-4.1", "req-1", "int-1", raw, parsed)
+    assert scanner.scan_job(with_doc, KEY) == reference.scan_job(_job(raw), KEY) != []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"null",
+        b"[1, 2]",
+        b"not json mcp",
+        b'{"tools": "mcp"}',
+        json.dumps(S.VSCODE_AGENT_TURN.request_body.decode()),
+    ],
+)
+def test_bodies_that_do_not_parse_to_an_object_give_the_same_facts_and_tools(body: bytes | str) -> None:
+    raw = body.encode() if isinstance(body, str) else body
+    facts, parsed = read_request(raw, None)
+    assert facts == parse_request(raw, None)
+    assert request_tools(raw, parsed) == request_tools(raw)
+
+
+def test_a_parsed_tool_list_gives_the_same_servers() -> None:
+    body = json.dumps({"tools": [{"type": "mcp", "server_label": "Notion"}], "mcp_servers": [{"name": "linear"}]})
+    raw = body.encode()
+    _, parsed = read_request(raw, None)
+    assert request_tools(raw, parsed) == request_tools(raw) == RequestTools(("notion", "linear"))
