@@ -153,7 +153,7 @@ def envelopes(body: bytes) -> tuple[list[Any], int, int]:
 
 def _number(value: Any) -> int | None:
     """A non-negative measurement (number or numeric string) as an int, None when absent or absurd."""
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):  # absent: the common case (a field in the other mapping)
         return None
     if isinstance(value, str):
         try:
