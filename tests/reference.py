@@ -1,4 +1,5 @@
-"""The implementations of main's commit 8605799 that the performance work rewrote, kept verbatim as oracles.
+"""The implementations of main's commit 8605799 that the performance work rewrote, kept as oracles
+(the code unchanged, docstrings and comments dropped).
 
 Tests compare the rewritten functions with these on tables and generated input (tests/test_reference.py): the
 rewrite must say exactly what the old code said. Helpers that did not change are imported from the package.
