@@ -102,16 +102,30 @@ def _frame_facts(obj: dict[str, Any]) -> _FrameFacts:
     )
 
 
+NO_FACTS = RequestFacts()
+_NO_FRAME = _FrameFacts()
+
+
 def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = False) -> RequestFacts:
     """Read the facts a Copilot request body carries; never raises."""
+    return read_request(body, shape, keep_parsed)[0]
+
+
+def read_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = False) -> tuple[RequestFacts, Any]:
+    """`parse_request`, and the parsed body for the other readers of the same bytes (tool list, secret scan), so
+    that they need not parse it again: None when the body was not parsed (absent, too large, not JSON)."""
     if not body:
-        return RequestFacts()
+        return NO_FACTS, None
     if len(body) > MAX_PARSE_BYTES:
-        return RequestFacts(error="body_too_large")
+        return RequestFacts(error="body_too_large"), None
     try:
         obj = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        return RequestFacts(error="malformed_json")
+        return RequestFacts(error="malformed_json"), None
+    return _facts(obj, shape, keep_parsed), obj
+
+
+def _facts(obj: Any, shape: Shape | None, keep_parsed: bool) -> RequestFacts:
     if not isinstance(obj, dict):
         return RequestFacts(parsed=obj if keep_parsed else None, error="not_an_object")
     model = obj.get("model")
@@ -131,7 +145,7 @@ def parse_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = F
         user_last, prompt = _last_user_openai(obj.get("messages"))
     frame_type = obj.get("type")
     # Only a WebSocket call frame has these; an HTTP body's stray `headers` key says nothing about the call.
-    frame = _frame_facts(obj) if frame_type == "response.create" else _FrameFacts()
+    frame = _frame_facts(obj) if frame_type == "response.create" else _NO_FRAME
     initiator = obj.get("initiator")
     if initiator not in ("user", "agent"):
         initiator = frame.initiator

@@ -17,7 +17,7 @@ from typing import Any
 
 from exporter.acceptance import AcceptanceState, TelemetryReport
 from exporter.assemble import build_event
-from exporter.bodies import MAX_PARSE_BYTES, RequestFacts, parse_request
+from exporter.bodies import MAX_PARSE_BYTES, NO_FACTS, RequestFacts, read_request
 from exporter.classify import MODEL_CALL_KINDS, HostRole, HostTable, Kind, chat_mode, refine_proxy_chat, route
 from exporter.clients import ClientDirectory
 from exporter.counting import Counter
@@ -120,7 +120,7 @@ class InFlightCall:
     speculative: bool
     task_id: str | None = None  # X-Agent-Task-Id: the agent loop a call belongs to
     client_seen: ClientSeen | None = None  # announced with the call's event
-    facts: RequestFacts = field(default_factory=RequestFacts)
+    facts: RequestFacts = NO_FACTS  # frozen: one shared empty value
     request_text: bytes | None = None  # the decoded body, kept only for recordings
     parser: AnswerParser | None = None
     body: BodyDecoder | None = None
@@ -273,19 +273,20 @@ class CallTracker:
                 self.scanner.skipped(UNDECODABLE)
             return
         keep = self.options.record and (body is None or len(body) <= self.options.record_max_bytes)
-        call.facts = parse_request(body, shape_for_path(call.meta.path), keep_parsed=keep)
+        call.facts, parsed = read_request(body, shape_for_path(call.meta.path), keep_parsed=keep)
         if body:
-            call.tools = request_tools(body)
-            self._scan(call, body)
+            call.tools = request_tools(body, parsed)
+            self._scan(call, body, parsed)
         if self.options.record and call.facts.parsed is None and body:
             call.request_text = body[: self.options.record_max_bytes + 1]
         if call.kind is Kind.PROXY_CHAT_OTHER:
             call.kind = refine_proxy_chat(call.facts.model)
 
-    def _scan(self, call: InFlightCall, body: bytes) -> None:
-        """Hands the decoded body to the secret scanner's queue (never waits; the scan runs on its thread)."""
+    def _scan(self, call: InFlightCall, body: bytes, parsed: Any = None) -> None:
+        """Hands the decoded body (and what it parsed to) to the secret scanner's queue (never waits; the scan
+        runs on its thread, which only reads the parsed body)."""
         if self.scanner is not None and self.scanner.enabled:
-            self.scanner.submit(_scan_job(call, self.bounds.editor(call.client.editor), body))
+            self.scanner.submit(_scan_job(call, self.bounds.editor(call.client.editor), body, parsed))
 
     # -- responses ------------------------------------------------------------------------------
 
@@ -436,7 +437,7 @@ class CallTracker:
         return []
 
     def _ws_call(self, sock: _Socket, frame: WsFrame) -> None:
-        facts = parse_request(frame.content, Shape.RESPONSES, keep_parsed=self.options.record)
+        facts, parsed = read_request(frame.content, Shape.RESPONSES, keep_parsed=self.options.record)
         if facts.frame_type != "response.create":
             return
         h = sock.meta.headers
@@ -458,11 +459,11 @@ class CallTracker:
             facts=facts,
             parser=AnswerParser(Shape.RESPONSES, self._keep_events()),
             streamed=True,
-            tools=request_tools(frame.content),
+            tools=request_tools(frame.content, parsed),
         )
         sock.calls.append(call)
         sock.client_seen = None
-        self._scan(call, frame.content)
+        self._scan(call, frame.content, parsed)
 
     def ws_close(self, flow_id: str) -> list[Finished]:
         """The socket closed: every call still in flight on it ends (unanswered)."""
@@ -477,10 +478,10 @@ class CallTracker:
         self._sockets.pop(flow_id, None)
 
 
-def _scan_job(call: InFlightCall, editor: str, body: bytes) -> ScanJob:
+def _scan_job(call: InFlightCall, editor: str, body: bytes, parsed: Any) -> ScanJob:
     model = call.path_model or call.facts.model
     ids = (call.request_id, call.interaction_id)
-    return ScanJob(call.started, call.meta.user, editor, call.kind.value, model, *ids, body)
+    return ScanJob(call.started, call.meta.user, editor, call.kind.value, model, *ids, body, parsed)
 
 
 def _recording(call: InFlightCall, resp: ResponseMeta, limit: int) -> Recording:

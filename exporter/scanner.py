@@ -49,6 +49,7 @@ class ScanJob:
     request_id: str | None
     interaction_id: str | None
     body: bytes
+    parsed: Any = None  # the body already parsed as JSON (bodies.read_request), None: parsed by the scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +125,12 @@ def texts(doc: Any) -> Iterator[tuple[str, str]]:
             stack.extend((item, where, depth + 1) for item in reversed(obj) if isinstance(item, str | dict | list))
 
 
-def parse_body(body: bytes) -> Iterator[tuple[str, str]]:
-    """The texts of a JSON body; a body that is not JSON (or too deep for the parser) is scanned as text."""
+def parse_body(body: bytes, parsed: Any = None) -> Iterator[tuple[str, str]]:
+    """The texts of a JSON body; a body that is not JSON (or too deep for the parser) is scanned as text.
+    `parsed`: the body already parsed (the same bytes), else it is parsed here."""
+    if parsed is not None:
+        yield from texts(parsed)
+        return
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
@@ -137,11 +142,15 @@ def parse_body(body: bytes) -> Iterator[tuple[str, str]]:
 def scan_job(job: ScanJob, key: bytes) -> list[SecretFinding]:
     """Every distinct secret of one body, with the file path named last before it (in the same text, else
     in an earlier part: a tool result after the read_file call that named the file)."""
+    parts = list(parse_body(job.body, job.parsed))
+    hits = [find_secrets(text) for _, text in parts]
+    if not any(hits):
+        return []  # the common case: no path hint is needed
     found: dict[str, SecretFinding] = {}
     carried: str | None = None
-    for where, text in parse_body(job.body):
+    for (where, text), text_hits in zip(parts, hits, strict=True):
         hints = list(path_hints(text))
-        for hit in find_secrets(text):
+        for hit in text_hits:
             mark = fingerprint(key, hit.type, hit.value)
             if mark in found:
                 continue
@@ -231,7 +240,7 @@ class Scanner:
         if len(job.body) > self.max_bytes:
             skipped.append(TRUNCATED)
             cut = job.body[: self.max_bytes]
-            job = ScanJob(
+            job = ScanJob(  # without the parsed body: the cut bytes are what is scanned
                 job.started, job.user, job.editor, job.kind, job.model, job.request_id, job.interaction_id, cut
             )
         try:

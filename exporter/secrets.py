@@ -232,14 +232,29 @@ PATTERNS: tuple[Pattern, ...] = (
 )
 
 
+# Every needle once, by the haystack it is looked for in: most texts hold none, and then one tight loop of
+# substring scans rejects them before the per-pattern loop.
+_CASED_NEEDLES = tuple(dict.fromkeys(n for p in PATTERNS if not p.fold for n in p.needles))
+_FOLDED_NEEDLES = tuple(dict.fromkeys(n for p in PATTERNS if p.fold for n in p.needles))
+
+
+def _any_needle(text: str, lowered: str) -> bool:
+    return any(n in text for n in _CASED_NEEDLES) or any(n in lowered for n in _FOLDED_NEEDLES)
+
+
 def find_secrets(text: str) -> list[Hit]:
     """Every credential in `text`, once per distinct value, in order of position; overlapping matches of
     a weaker pattern (the generic assignment inside a JWT or a connection string) are dropped."""
     lowered = text.lower() if len(text) < 4 * 1024 * 1024 else text
+    if not _any_needle(text, lowered):
+        return []
     hits: list[Hit] = []
     for p in PATTERNS:  # table order: specific patterns first, the generic assignment last
         haystack = lowered if p.fold else text
-        if not any(n in haystack for n in p.needles):
+        for n in p.needles:
+            if n in haystack:
+                break
+        else:
             continue
         for m in p.regex.finditer(text):
             value = m.group(p.group)

@@ -13,7 +13,7 @@ import functools
 import json
 import math
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,7 +153,7 @@ def envelopes(body: bytes) -> tuple[list[Any], int, int]:
 
 def _number(value: Any) -> int | None:
     """A non-negative measurement (number or numeric string) as an int, None when absent or absurd."""
-    if isinstance(value, bool):
+    if value is None or isinstance(value, bool):  # absent: the common case (a field in the other mapping)
         return None
     if isinstance(value, str):
         try:
@@ -190,16 +190,20 @@ def _flag(props: Mapping[str, Any], meas: Mapping[str, Any], name: str) -> bool 
     return None
 
 
-def _common(store: str, props: Mapping[str, Any], meas: Mapping[str, Any]) -> dict[str, Any]:
+Common = tuple[str, str | None, int, str | None, str | None, str | None]  # TelemetryFact's fields after `signal`
+
+
+def _common(store: str, props: Mapping[str, Any], meas: Mapping[str, Any]) -> Common:
+    """store, request_id, choice, language, editor_version, plugin_version (TelemetryFact's positional order)."""
     choice = _field(props, meas, "choiceIndex")
-    return {
-        "store": store,
-        "request_id": _text(props, "headerRequestId"),
-        "choice": choice if choice is not None and choice <= MAX_CHOICE else 0,
-        "language": _text(props, "languageId", 64) or _text(props, "activeDocumentLanguageId", 64),
-        "editor_version": _text(props, "editor_version"),
-        "plugin_version": _text(props, "editor_plugin_version"),
-    }
+    return (
+        store,
+        _text(props, "headerRequestId"),
+        choice if choice is not None and choice <= MAX_CHOICE else 0,
+        _text(props, "languageId", 64) or _text(props, "activeDocumentLanguageId", 64),
+        _text(props, "editor_version"),
+        _text(props, "editor_plugin_version"),
+    )
 
 
 def _ghost_text(signal: str, store: str, props: Mapping[str, Any], meas: Mapping[str, Any]) -> TelemetryFact | None:
@@ -207,45 +211,51 @@ def _ghost_text(signal: str, store: str, props: Mapping[str, Any], meas: Mapping
     if signal in ("accepted", "rejected"):
         return TelemetryFact(
             signal,
-            chars=_field(props, meas, "compCharLen") or 0,
-            lines=_field(props, meas, "numLines") or 0,
-            partial=(_text(props, "compType") or "").lower() == "partial",
-            **common,
+            *common,
+            _field(props, meas, "compCharLen") or 0,
+            _field(props, meas, "numLines") or 0,
+            (_text(props, "compType") or "").lower() == "partial",
         )
     if signal == "still_in_code":
         after = SURVIVAL_AFTER.get(_field(props, meas, "timeout") or -1)
         still = _flag(props, meas, "stillInCodeHeuristic")
         if after is None or still is None:
             return None
-        return TelemetryFact(signal, after=after, still=still, **common)
-    return TelemetryFact(signal, **common)
+        return TelemetryFact(signal, *common, after=after, still=still)
+    return TelemetryFact(signal, *common)
 
 
 def _next_edit(store: str, props: Mapping[str, Any], meas: Mapping[str, Any]) -> TelemetryFact:
-    common = _common(store, props, meas)
-    if common["request_id"] is None:
-        common["request_id"] = _text(props, "opportunityId")
+    _, request_id, choice, language, editor_version, plugin_version = _common(store, props, meas)
+    if request_id is None:
+        request_id = _text(props, "opportunityId")
     outcome = (_text(props, "acceptance", 32) or "").lower()
     return TelemetryFact(
         "next_edit",
+        store,
+        request_id,
+        choice,
+        language,
+        editor_version,
+        plugin_version,
         shown=_flag(props, meas, "isShown") is True,
         outcome=outcome if outcome in ("accepted", "rejected") else None,
-        **common,
     )
 
 
 def _chat_edit(suffix: str, store: str, props: Mapping[str, Any], meas: Mapping[str, Any]) -> TelemetryFact | None:
-    common = _common(store, props, meas)
-    common["request_id"] = None  # a chat message id, not an HTTP request id: never joined
+    # The request id is a chat message id, not an HTTP request id: never joined.
+    _, _, choice, language, editor_version, plugin_version = _common(store, props, meas)
+    rest = (choice, language, editor_version, plugin_version)
     if suffix == "inline.done":
         accepted = _flag(props, meas, "accepted")
         if accepted is None:
             return None
-        return TelemetryFact("chat_edit", outcome="accepted" if accepted else "rejected", **common)
+        return TelemetryFact("chat_edit", store, None, *rest, outcome="accepted" if accepted else "rejected")
     outcome = (_text(props, "outcome", 32) or "").lower()
     if outcome not in CHAT_EDIT_OUTCOMES:
         return None
-    return TelemetryFact("chat_edit", outcome=outcome, **common)
+    return TelemetryFact("chat_edit", store, None, *rest, outcome=outcome)
 
 
 _GHOST_SIGNALS = {
@@ -272,16 +282,32 @@ def _dict(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
 def _event(envelope: Any) -> tuple[str, str, Mapping[str, Any], Mapping[str, Any]] | None:
     """(store, event name, properties, measurements) of an envelope; None when it is not an event."""
     if not isinstance(envelope, dict):
         return None
-    base = _dict(_dict(envelope.get("data")).get("baseData"))
+    data = envelope.get("data")
+    base = data.get("baseData") if isinstance(data, dict) else None
+    if not isinstance(base, dict):
+        return None
     name = base.get("name")
     if not isinstance(name, str) or not name or len(name) > 256:
         return None
-    store = store_of(envelope.get("iKey", envelope.get("ikey")))
-    return store, event_suffix(name), _dict(base.get("properties")), _dict(base.get("measurements"))
+    ikey = envelope.get("iKey", envelope.get("ikey"))
+    store = _STORE_OF.get(ikey) if isinstance(ikey, str) else None  # the common case: exactly one of the two
+    props, meas = base.get("properties"), base.get("measurements")
+    return (
+        store or store_of(ikey),
+        event_suffix(name),
+        props if isinstance(props, dict) else _EMPTY,
+        meas if isinstance(meas, dict) else _EMPTY,
+    )
+
+
+_STORE_OF = {STANDARD_IKEY: "standard", ENHANCED_IKEY: "enhanced"}
 
 
 def parse_post(body: bytes) -> ParsedPost:
@@ -298,9 +324,15 @@ def parse_post(body: bytes) -> ParsedPost:
     if over:
         skipped["too_many_events"] += over
     facts: list[TelemetryFact] = []
-    events: Counter[tuple[str, str]] = Counter()
-    for store, suffix, props, meas in _events(items, skipped):
-        events[(store, suffix if suffix in KNOWN_EVENTS else "other")] += 1
+    events: dict[tuple[str, str], int] = {}
+    for envelope in items:
+        event = _event(envelope)
+        if event is None:
+            skipped["bad_envelope"] += 1
+            continue
+        store, suffix, props, meas = event
+        key = (store, suffix if suffix in KNOWN_EVENTS else "other")
+        events[key] = events.get(key, 0) + 1
         fact = fact_of(suffix, store, props, meas)
         if fact is not None:
             facts.append(fact)
@@ -309,15 +341,6 @@ def parse_post(body: bytes) -> ParsedPost:
         tuple((store, name, n) for (store, name), n in sorted(events.items())),
         tuple(sorted(skipped.items())),
     )
-
-
-def _events(items: list[Any], skipped: Counter[str]) -> Iterator[tuple[str, str, Mapping[str, Any], Mapping[str, Any]]]:
-    for envelope in items:
-        event = _event(envelope)
-        if event is None:
-            skipped["bad_envelope"] += 1
-            continue
-        yield event
 
 
 # -- recordings (copilot_record_telemetry) ----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from exporter.labels import OTHER
 
@@ -155,12 +156,13 @@ def _anthropic_servers(value: object) -> list[str]:
     return out
 
 
-def request_tools(body: bytes | None) -> RequestTools:
-    """The MCP facts of a request body's tool list; a body that never says "mcp" costs one substring scan."""
+def request_tools(body: bytes | None, parsed: Any = None) -> RequestTools:
+    """The MCP facts of a request body's tool list; a body that never says "mcp" costs one substring scan.
+    `parsed`: the body already parsed (bodies.read_request), else it is parsed here."""
     if not body or b"mcp" not in body:
         return NO_TOOLS
     try:
-        obj = json.loads(body)
+        obj = json.loads(body) if parsed is None else parsed
     except (ValueError, UnicodeDecodeError, RecursionError):
         return NO_TOOLS
     if not isinstance(obj, dict):
