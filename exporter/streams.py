@@ -141,26 +141,23 @@ class Answer:
             self.tool_servers.append(server[:128] if isinstance(server, str) else "")
 
 
-def _tool_item(a: Answer, item: dict[str, Any]) -> bool:
-    """A Responses output item that is a tool call: a function call, or a remote MCP call (with its server)."""
-    if item.get("type") == "function_call":
-        a.add_tool(item.get("name"))
-        return True
-    if item.get("type") == "mcp_call":
-        a.add_tool(item.get("name"), item.get("server_label"))
+def _tool(a: Answer, obj: dict[str, Any], plain: str, mcp: str, server_key: str) -> bool:
+    """Counts `obj` as a tool call when its type is `plain` (a tool) or `mcp` (an MCP tool, with its server)."""
+    kind = obj.get("type")
+    if kind in (plain, mcp):
+        a.add_tool(obj.get("name"), obj.get(server_key) if kind == mcp else None)
         return True
     return False
+
+
+def _tool_item(a: Answer, item: dict[str, Any]) -> bool:
+    """A Responses output item that is a tool call: a function call, or a remote MCP call (with its server)."""
+    return _tool(a, item, "function_call", "mcp_call", "server_label")
 
 
 def _tool_block(a: Answer, block: dict[str, Any]) -> bool:
     """An Anthropic content block that is a tool call: tool_use, or mcp_tool_use (MCP connector, with its server)."""
-    if block.get("type") == "tool_use":
-        a.add_tool(block.get("name"))
-        return True
-    if block.get("type") == "mcp_tool_use":
-        a.add_tool(block.get("name"), block.get("server_name"))
-        return True
-    return False
+    return _tool(a, block, "tool_use", "mcp_tool_use", "server_name")
 
 
 def openai_usage(a: Answer, usage: Any, inputs: str, outputs: str) -> None:
