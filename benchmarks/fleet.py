@@ -42,8 +42,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.bench import REPO_ROOT, Backend, proc_cpu, today_utc, write_htpasswd
 from benchmarks.loadgen import LoadSpec, run_load
+from exporter.insight import insight_path
 from exporter.rebuild import main as rebuild_main
-from exporter.sinks.daily import summary_path
 from tests.e2e.harness import Mitmdump, free_port
 
 USERS = tuple((f"dev{i:02d}", f"bench-pw-{i:02d}") for i in range(1, 9))
@@ -203,12 +203,13 @@ def stop_fleet(fleet: Fleet) -> None:
 
 
 def rebuilt_interactions(data_dir: Path) -> int:
-    """The merged daily rebuild of every replica's event log: total interactions of the original summary."""
+    """The merged daily rebuild of every replica's event log: the interactions of the extended summary (next
+    edits included, which the original schema has no place for)."""
     day = today_utc()
     if rebuild_main(["--data-dir", str(data_dir), day]) != 0:
         raise RuntimeError("the rebuild failed")
-    doc = json.loads(summary_path(data_dir, day).read_text())
-    return int(doc["total_chat_turns"]) + int(doc["total_completions_count"])
+    doc = json.loads(insight_path(data_dir, day).read_text())
+    return int(doc["totals"]["interactions"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,10 +1,11 @@
 """The benchmark's Copilot traffic: real host names and paths, realistic bodies, one mix for every run.
 
 Requests are built from the samples of `tests/samples.py` (VS Code and JetBrains ghost-text
-completions, a VS Code agent-mode chat turn and its tool-loop step) and a VS Code telemetry post (gzip
-NDJSON, `tests/telemetry_samples.py`), with a fresh `x-request-id` per
-request and a fresh `x-interaction-id` per chat turn, so the addon counts every completion and every
-turn once and skips every agent step. The fake backend answers from `EXCHANGES` (same host, path and
+completions, a speculative prefetch, a next-edit suggestion, a VS Code agent-mode chat turn and its tool-loop
+step, a Copilot CLI prompt and its tool round over the Responses API, a token exchange) and a VS Code
+telemetry post (gzip NDJSON, `tests/telemetry_samples.py`), with a fresh `x-request-id` per request and a
+fresh `x-interaction-id` per chat turn, so the addon counts every completion, next edit and turn once and
+skips every prefetch and agent step. The fake backend answers from `EXCHANGES` (same host, path and
 body); the VS Code completion answer has 5 events.
 """
 
@@ -60,6 +61,12 @@ def _telemetry_post() -> samples.Exchange:
 
 TELEMETRY = _telemetry_post()
 
+NEXT_EDIT = samples.VSCODE_NEXT_EDIT
+SPECULATIVE = samples.VSCODE_COMPLETION_SPECULATIVE
+TOKEN_EXCHANGE = samples.VSCODE_TOKEN_EXCHANGE
+CLI_PROMPT = samples.CLI_RESPONSES_PROMPT
+CLI_TOOL_ROUND = samples.CLI_RESPONSES_TOOL_ROUND
+
 EXCHANGES: tuple[samples.Exchange, ...] = (
     VSCODE_COMPLETION,
     SLOW_COMPLETION,
@@ -67,21 +74,44 @@ EXCHANGES: tuple[samples.Exchange, ...] = (
     AGENT_TURN,
     AGENT_STEP,
     TELEMETRY,
+    NEXT_EDIT,
+    SPECULATIVE,
+    TOKEN_EXCHANGE,
+    CLI_PROMPT,
+    CLI_TOOL_ROUND,
 )
 
-# Per worker, repeated: what a few developers' editors send. 3 of 6 are ghost-text completions
-# (counted), 1 a user's agent-mode turn (counted), 1 its tool-loop step (skipped as agent_step), 1 a
-# telemetry post (not a model call). One post per 3 completions is more often than a real client sends
-# them (VS Code batches its events for up to 15 s): the telemetry cost is not understated.
+# Per worker, repeated, 12 requests: what a few developers' editors send in a busy stretch (docs/performance.md,
+# "The traffic mix"). Ghost text dominates: 4 completions (3 VS Code, 1 JetBrains) and 1 speculative prefetch
+# (a model call, not counted), 1 next-edit suggestion; 1 VS Code agent-mode turn and its tool-loop step; 1 Copilot
+# CLI prompt (Responses API) and its tool round; 1 telemetry post (one per 4 completions: VS Code batches its
+# events for up to 15 s, so this overstates the telemetry cost); 1 token exchange (real clients exchange every
+# ~25 minutes: overstated too, it is cheap). Counted: 4 completions + next edit + 2 turns = 7 of 12.
 MIX: tuple[samples.Exchange, ...] = (
     VSCODE_COMPLETION,
     JETBRAINS_COMPLETION,
     AGENT_TURN,
+    SPECULATIVE,
     VSCODE_COMPLETION,
     AGENT_STEP,
+    NEXT_EDIT,
+    CLI_PROMPT,
+    VSCODE_COMPLETION,
+    CLI_TOOL_ROUND,
     TELEMETRY,
+    TOKEN_EXCHANGE,
 )
-COUNTED = frozenset({VSCODE_COMPLETION.name, SLOW_COMPLETION.name, JETBRAINS_COMPLETION.name, AGENT_TURN.name})
+COUNTED = frozenset(
+    {
+        VSCODE_COMPLETION.name,
+        SLOW_COMPLETION.name,
+        JETBRAINS_COMPLETION.name,
+        AGENT_TURN.name,
+        NEXT_EDIT.name,
+        CLI_PROMPT.name,
+    }
+)
+NOT_MODEL_CALLS = frozenset({TELEMETRY.name, TOKEN_EXCHANGE.name})
 
 _SKIP = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
@@ -96,7 +126,7 @@ class Template:
     body: bytes
     counted: bool
     new_interaction: bool  # a user turn starts a new interaction id; a step reuses the last one
-    model_call: bool = True  # telemetry posts are not model calls (copilot_model_calls_total)
+    model_call: bool = True  # telemetry posts and token exchanges are not model calls (copilot_model_calls_total)
 
     def render(self, rid: str, iid: str) -> bytes:
         return self.head.replace("{rid}", rid).replace("{iid}", iid).encode("latin-1") + self.body
@@ -122,7 +152,7 @@ def template(exchange: samples.Exchange) -> Template:
         body=exchange.request_body,
         counted=exchange.name in COUNTED,
         new_interaction=exchange.header("x-initiator") == "user",
-        model_call=exchange.path != "/telemetry",
+        model_call=exchange.name not in NOT_MODEL_CALLS,
     )
 
 

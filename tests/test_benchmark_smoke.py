@@ -52,14 +52,17 @@ def test_the_in_process_replay_attributes_each_feature_to_its_calls() -> None:
     requests that reach it, and the features' shares stay within the total. Timings are not checked."""
     from benchmarks import replay, traffic
 
-    requests = 6 * 20  # twenty rounds of the mix: one telemetry post in six requests
+    requests = len(traffic.MIX) * 10  # ten rounds of the mix
     result = replay.replay(requests, repeat=2)
     posts = sum(t.name == traffic.TELEMETRY.name for t in traffic.MIX_TEMPLATES) * requests // len(traffic.MIX)
     assert result.present["telemetry"] and result.present["credits"]
     # Each post: read once by the tracker, its observations built once by the dispatcher.
     assert result.calls["telemetry"] == 2 * posts
-    # Every finished call builds its credit fields once; the cost sink handles every emitted event.
-    assert result.calls["credits"] == 2 * requests
+    # Every finished call builds its credit fields once; the cost sink handles every emitted event; each token
+    # exchange's answer is read once (CallTracker._learn: hosts, and prices for /models answers).
+    exchanges = sum(t.name == traffic.TOKEN_EXCHANGE.name for t in traffic.MIX_TEMPLATES) * requests // len(traffic.MIX)
+    assert exchanges > 0
+    assert result.calls["credits"] == 2 * requests + exchanges
     assert len(result.us_per_request) == 2 and all(us > 0 for us in result.us_per_request)
     assert 0 < result.feature_best("telemetry") + result.feature_best("credits") < result.best
     text = replay.report(result)
