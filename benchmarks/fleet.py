@@ -160,9 +160,10 @@ def run_round(fleet: Fleet, requests: int, concurrency: int, run_id: int) -> Non
     fleet.p99_ms.append(lat[min(len(lat) - 1, int(0.99 * len(lat)))] * 1000 if lat else 0.0)
 
 
-def metric_sums(fleet: Fleet) -> tuple[float, float]:
+def metric_sums(replicas: Sequence[Mitmdump]) -> tuple[float, float]:
+    """copilot_requests_total and copilot_model_calls_total, summed over every series of `replicas`."""
     counted = calls = 0.0
-    for mitm in fleet.replicas:
+    for mitm in replicas:
         text = httpx.get(mitm.metrics_url, timeout=5, trust_env=False).text
         for fam in text_string_to_metric_families(text):
             total = sum(s.value for s in fam.samples if s.name.endswith("_total"))
@@ -176,12 +177,12 @@ def metric_sums(fleet: Fleet) -> tuple[float, float]:
 def check_counts(fleet: Fleet, timeout: float = 15.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        counted, calls = metric_sums(fleet)
+        counted, calls = metric_sums(fleet.replicas)
         ok = (counted, calls) == (fleet.counted_sent, fleet.calls_sent)
         if ok or time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    per_replica = [metric_sums(Fleet(fleet.name, [m], fleet.haproxy, 0, fleet.ca_path))[0] for m in fleet.replicas]
+    per_replica = [metric_sums([m])[0] for m in fleet.replicas]
     return {
         "counted_sent": fleet.counted_sent,
         "copilot_requests_total": counted,

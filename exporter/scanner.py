@@ -256,13 +256,11 @@ class Scanner:
             self._deliver([], [reason])
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Tests and shutdown: True once every queued job has been scanned and delivered."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        """Tests and benchmarks (never the event loop): True once every queued job has been scanned and
+        delivered. Waits on the queue's own condition, which task_done() notifies when the count reaches 0."""
+        jobs = self._queue
+        with jobs.all_tasks_done:
+            return jobs.all_tasks_done.wait_for(lambda: not jobs.unfinished_tasks, timeout)
 
     def _run(self, jobs: queue.Queue[ScanJob | None]) -> None:
         while True:

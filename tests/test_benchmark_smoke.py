@@ -15,16 +15,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
-def test_quick_benchmark_completes_and_counts_match(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def _quick(module: str, out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`python -m <module> --quick --json-out <out>` from the checkout; it must exit 0."""
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench", "--quick", "--json-out", str(out)],
+        [sys.executable, "-m", module, "--quick", "--json-out", str(out)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def test_quick_benchmark_completes_and_counts_match(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = _quick("benchmarks.bench", out, timeout=120)
     assert "requests/s, concurrency 16" in proc.stdout
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["mode"] == "quick"
@@ -73,14 +79,7 @@ def test_the_fleet_benchmark_spreads_the_load_and_the_replicas_counts_add_up(tmp
     """`python -m benchmarks.fleet --quick`: one and two replicas behind a real HAProxy; both replicas of the
     two-replica fleet got traffic, and the sum of their counters and the merged rebuild equal what was sent."""
     out = tmp_path / "fleet.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.fleet", "--quick", "--json-out", str(out)],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    _quick("benchmarks.fleet", out, timeout=180)
     doc = json.loads(out.read_text())
     assert set(doc["fleets"]) == {"one", "two"}
     for name, fleet in doc["fleets"].items():

@@ -447,6 +447,7 @@ def test_a_1mb_prompt_being_scanned_does_not_hold_up_other_flows(harness: Harnes
         harness.flow(_chat_with(f"small prompt {i}", f"rid-{i}"))
     assert len(harness.events) == 6 and not gate.is_set()
     assert harness.sample("copilot_secrets_detected_total", user="alice", kind="chat_agent", type=s.GITHUB_TOKEN) == 0
+    assert scanner.wait_idle(timeout=0.05) is False  # the held scan is still queued work
     gate.set()
     assert scanner.wait_idle()
     assert harness.sample("copilot_secrets_detected_total", user="alice", kind="chat_agent", type=s.GITHUB_TOKEN) == 1

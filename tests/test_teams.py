@@ -32,18 +32,11 @@ from exporter.teams import (
 )
 from tests import samples
 from tests.conftest import Harness
+from tests.e2e.harness import wait_for
 from tests.factories import chat, event
 
 BACKEND = ["alice", "bob", "carol", "dave", "erin"]  # five: exactly the default minimum size
 TINY = "secret-project"  # two members: must never appear by name
-
-
-def _wait(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        time.sleep(0.02)
 
 
 def _yaml_map(path: Path, extra: str = "") -> Path:
@@ -267,9 +260,9 @@ def test_the_ldap_thread_fills_the_index_off_the_request_path_and_keeps_groups_w
         directory.configure(LDAP, "")
         thread = directory._ldap_thread
         assert thread is not None and thread.is_alive()
-        _wait(lambda: directory.of("erin") == ("backend",))
+        wait_for(lambda: directory.of("erin") == ("backend",), 10.0, "the LDAP groups in the index")
         fail.set()
-        _wait(lambda: any(c == "team_ldap" for c, _ in errors.failed))
+        wait_for(lambda: any(c == "team_ldap" for c, _ in errors.failed), 10.0, "the LDAP failure reported")
         assert "LDAP group lookup at ldap://mock-directory failed: connection refused" in errors.failed[-1][1]
         assert directory.of("erin") == ("backend",)  # the last good groups are kept
     finally:
