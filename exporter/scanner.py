@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.events import iso_utc
-from exporter.secrets import find_secrets, fingerprint, nearest_path, path_hints
+from exporter.secrets import find_secrets, fingerprint, might_hold_secrets, nearest_path, path_hints
 
 log = logging.getLogger("copilot_proxy_insight")
 
@@ -26,6 +26,7 @@ UNDECODABLE = "undecodable"
 SCAN_ERROR = "error"
 SKIP_REASONS = (QUEUE_FULL, TRUNCATED, UNDECODABLE, SCAN_ERROR)
 
+BATCH_SECONDS = 0.1  # the worker wakes this often (or when the queue is half full) and scans what is queued
 REPEAT_WINDOW_S = 24 * 3600.0  # a secret already reported for a user is reported again after this long
 MAX_REMEMBERED = 50_000
 MAX_DEPTH = 64
@@ -91,6 +92,8 @@ class SecretFinding:
 
 def _location(obj: dict[str, Any], parent: str) -> str:
     kind = obj.get("type")
+    if not isinstance(kind, str):  # {"type": []} must not end the scan (a list is unhashable)
+        kind = None
     if kind in _TOOL_RESULT_TYPES or obj.get("role") == "tool":
         return "tool_result"
     if kind in _TOOL_CALL_TYPES:
@@ -125,6 +128,29 @@ def texts(doc: Any) -> Iterator[tuple[str, str]]:
             stack.extend((item, where, depth + 1) for item in reversed(obj) if isinstance(item, str | dict | list))
 
 
+def strings(doc: Any) -> list[str]:
+    """Every string of a parsed body that `texts` yields (and, past MAX_DEPTH, a few more), without their
+    locations: a cheaper walk for the needle pre-check, which most bodies fail."""
+    out: list[str] = []
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        obj, depth = pop()
+        if isinstance(obj, str):
+            out.append(obj)
+        elif depth < MAX_DEPTH:
+            if isinstance(obj, dict):
+                obj = obj.values()
+            elif not isinstance(obj, list):
+                continue
+            for item in obj:
+                if isinstance(item, str):
+                    out.append(item)
+                elif isinstance(item, dict | list):
+                    push((item, depth + 1))
+    return out
+
+
 def parse_body(body: bytes, parsed: Any = None) -> Iterator[tuple[str, str]]:
     """The texts of a JSON body; a body that is not JSON (or too deep for the parser) is scanned as text.
     `parsed`: the body already parsed (the same bytes), else it is parsed here."""
@@ -142,7 +168,15 @@ def parse_body(body: bytes, parsed: Any = None) -> Iterator[tuple[str, str]]:
 def scan_job(job: ScanJob, key: bytes) -> list[SecretFinding]:
     """Every distinct secret of one body, with the file path named last before it (in the same text, else
     in an earlier part: a tool result after the read_file call that named the file)."""
-    parts = list(parse_body(job.body, job.parsed))
+    doc = job.parsed
+    if doc is None:
+        try:
+            doc = json.loads(job.body)
+        except (ValueError, RecursionError):
+            doc = None
+    if doc is not None and not might_hold_secrets(strings(doc)):
+        return []  # most bodies: not one needle of any pattern in any of their texts
+    parts = list(parse_body(job.body, doc))
     hits = [find_secrets(text) for _, text in parts]
     if not any(hits):
         return []  # the common case: no path hint is needed
@@ -188,9 +222,19 @@ class Scanner:
     """Takes jobs from the event loop (never blocking: a full queue skips the body and counts it), scans them
     on one worker thread and hands findings and skips back through `post` (the event loop's
     call_soon_threadsafe when running under mitmproxy). Repeats of a secret for a user are reported once
-    per REPEAT_WINDOW_S: agent loops and chat turns resend the whole conversation every round."""
+    per REPEAT_WINDOW_S: agent loops and chat turns resend the whole conversation every round.
 
-    def __init__(self, deliver: Deliver, scan: ScanFn = scan_job, clock: Callable[[], float] = time.time) -> None:
+    Submitting does not wake the worker (as with exporter.writer): a thread woken for every body takes the
+    GIL from the event loop at once, and that hand-off costs more than many scans. The worker wakes every
+    `batch_seconds`, or as soon as the queue is half full, and scans everything queued."""
+
+    def __init__(
+        self,
+        deliver: Deliver,
+        scan: ScanFn = scan_job,
+        clock: Callable[[], float] = time.time,
+        batch_seconds: float = BATCH_SECONDS,
+    ) -> None:
         self._deliver = deliver
         self._scan = scan
         self._clock = clock
@@ -199,6 +243,8 @@ class Scanner:
         self.key = b""
         self.post: Post = _direct
         self._queue: queue.Queue[ScanJob | None] = queue.Queue(maxsize=64)
+        self._wake = threading.Event()
+        self._batch_seconds = batch_seconds
         self._thread: threading.Thread | None = None
         self._reported: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -226,10 +272,12 @@ class Scanner:
         if thread is None:
             return
         self._thread = None
+        self._wake.set()  # a full queue makes room as soon as the worker drains it
         try:
             self._queue.put(None, timeout=timeout)
         except queue.Full:
             return  # a stuck worker: it is a daemon thread and dies with the process
+        self._wake.set()
         thread.join(timeout)
 
     def submit(self, job: ScanJob) -> None:
@@ -243,10 +291,14 @@ class Scanner:
             job = ScanJob(  # without the parsed body: the cut bytes are what is scanned
                 job.started, job.user, job.editor, job.kind, job.model, job.request_id, job.interaction_id, cut
             )
+        jobs = self._queue
         try:
-            self._queue.put_nowait(job)
+            jobs.put_nowait(job)
         except queue.Full:
             skipped = [QUEUE_FULL]
+        else:
+            if 2 * jobs.qsize() >= jobs.maxsize:
+                self._wake.set()
         if skipped:
             self._deliver([], skipped)
 
@@ -259,18 +311,25 @@ class Scanner:
         """Tests and benchmarks (never the event loop): True once every queued job has been scanned and
         delivered. Waits on the queue's own condition, which task_done() notifies when the count reaches 0."""
         jobs = self._queue
+        self._wake.set()
         with jobs.all_tasks_done:
             return jobs.all_tasks_done.wait_for(lambda: not jobs.unfinished_tasks, timeout)
 
     def _run(self, jobs: queue.Queue[ScanJob | None]) -> None:
         while True:
-            job = jobs.get()
-            try:
-                if job is None:
-                    return
-                self._one(job)
-            finally:
-                jobs.task_done()
+            self._wake.wait(self._batch_seconds)
+            self._wake.clear()
+            while True:
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    if job is None:
+                        return
+                    self._one(job)
+                finally:
+                    jobs.task_done()
 
     def _one(self, job: ScanJob) -> None:
         try:

@@ -238,14 +238,27 @@ _CASED_NEEDLES = tuple(dict.fromkeys(n for p in PATTERNS if not p.fold for n in 
 _FOLDED_NEEDLES = tuple(dict.fromkeys(n for p in PATTERNS if p.fold for n in p.needles))
 
 
+_FOLD_LIMIT = 4 * 1024 * 1024  # a longer text is not lower-cased (its folded needles are looked for as they are)
+
+
 def _any_needle(text: str, lowered: str) -> bool:
     return any(n in text for n in _CASED_NEEDLES) or any(n in lowered for n in _FOLDED_NEEDLES)
+
+
+def might_hold_secrets(texts: list[str]) -> bool:
+    """False when none of `texts` can hold a credential: no needle of any pattern in any of them, looked for
+    once in all of them joined (a body's dozens of short strings cost one pass, not one each). True is only
+    a maybe: `find_secrets` decides per text. A join too long to lower-case: True (each text is checked)."""
+    joined = "\n".join(texts)
+    if len(joined) >= _FOLD_LIMIT:
+        return True
+    return _any_needle(joined, joined.lower())
 
 
 def find_secrets(text: str) -> list[Hit]:
     """Every credential in `text`, once per distinct value, in order of position; overlapping matches of
     a weaker pattern (the generic assignment inside a JWT or a connection string) are dropped."""
-    lowered = text.lower() if len(text) < 4 * 1024 * 1024 else text
+    lowered = text.lower() if len(text) < _FOLD_LIMIT else text
     if not _any_needle(text, lowered):
         return []
     hits: list[Hit] = []

@@ -244,6 +244,14 @@ def test_a_deeply_nested_body_is_walked_without_recursion() -> None:
     assert [f.secret_type for f in found(hostile)] == [s.GCP_API_KEY]
 
 
+@pytest.mark.parametrize("odd_type", [[], {}, ["tool_result"], 7, None, True])
+def test_a_non_string_type_does_not_end_the_scan(odd_type: Any) -> None:
+    # An unhashable "type" made the location lookup raise: the body went unscanned (counted as an error).
+    line = canaries.fresh()[s.GITHUB_TOKEN]
+    body = {"messages": [{"type": odd_type, "role": "user", "content": line}]}
+    assert [(f.secret_type, f.location) for f in found(json.dumps(body))] == [(s.GITHUB_TOKEN, "user")]
+
+
 def test_invalid_utf8_around_a_secret() -> None:
     line = canaries.fresh()[s.AWS_ACCESS_KEY]
     body = b'{"prompt": "\xff\xfe\xc3(' + line.encode() + b' \xed\xa0\x80"}'
@@ -294,6 +302,29 @@ def test_a_full_queue_skips_and_counts_instead_of_waiting() -> None:
     assert skips == [QUEUE_FULL, QUEUE_FULL]
     gate.set()
     assert scanner.wait_idle()
+    scanner.stop()
+
+
+def test_submitting_does_not_wake_the_worker_until_the_queue_is_half_full() -> None:
+    # A worker woken per body takes the GIL from the event loop every time; it wakes on its tick instead,
+    # or at once when half of the queue is waiting. An hour's tick: only the half-full wake can start it.
+    scanned = threading.Event()
+    seen: list[bytes] = []
+
+    def scan(j: ScanJob, key: bytes) -> list[SecretFinding]:
+        seen.append(j.body)
+        if len(seen) == 4:
+            scanned.set()
+        return []
+
+    scanner = Scanner(lambda f, sk: None, scan=scan, batch_seconds=3600.0)
+    scanner.configure(True, 1_000_000, 8, KEY)
+    for i in range(3):
+        scanner.submit(job(f"body {i}"))
+        assert not scanner._wake.is_set()
+    scanner.submit(job("body 3"))  # 4 of 8 waiting
+    assert scanned.wait(10)
+    assert seen == [b"body 0", b"body 1", b"body 2", b"body 3"]
     scanner.stop()
 
 
