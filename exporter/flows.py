@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from mitmproxy import http
+from mitmproxy.net.http import url
 
 from exporter.calls import Feed, RequestMeta, ResponseHead, ResponseMeta, WsFrame, error_class
 from exporter.classify import HostRole
@@ -27,6 +28,15 @@ def header(headers: http.Headers, name: bytes) -> str | None:
         if len(key) == len(name) and key.lower() == name:
             return value.decode("utf-8", "replace")
     return None
+
+
+def request_host(req: http.Request, headers: dict[str, str]) -> str:
+    """`req.pretty_host` from the header map already built: mitmproxy's property looks the Host header up again
+    (a scan of every field) and is read for every request."""
+    authority = (req.authority if req.is_http2 or req.is_http3 else "") or headers.get("host")
+    if authority:
+        return url.parse_authority(authority, check=False)[0]
+    return req.host
 
 
 def request_meta(

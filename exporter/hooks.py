@@ -22,7 +22,16 @@ from exporter.calls import CallTracker, Clock, Finished, TrackerOptions
 from exporter.classify import HostTable
 from exporter.credits import shipped_table
 from exporter.dispatch import AuthFailure, Observed, Sink
-from exporter.flows import header, header_map, last_frame, request_meta, response_head, response_meta, tee
+from exporter.flows import (
+    header,
+    header_map,
+    last_frame,
+    request_host,
+    request_meta,
+    response_head,
+    response_meta,
+    tee,
+)
 from exporter.identity import proxy_user, pseudonym
 from exporter.observe import mcp_request
 from exporter.options import BY_NAME, INTERCEPTION_OPTIONS, OPTIONS, parse_error
@@ -188,23 +197,23 @@ class CopilotInsight:
                 if flow.response.status_code == 407:
                     self.outputs.health(AuthFailure())
                 return
-            host = flow.request.pretty_host
+            headers = header_map(flow.request.headers)
+            host = request_host(flow.request, headers)
             role = self.hosts.role(host)
             if role is None:
-                self._other_host(flow, host)
+                self._other_host(flow, host, headers)
                 return
-            headers = header_map(flow.request.headers)
             record = self.tracker.options.record
             meta = request_meta(flow, host, role, headers, self.users.user_of(flow, headers), record)
             self.tracker.start(flow.id, meta)
         except Exception as e:
             self.outputs.errors.failed("addon", e)
 
-    def _other_host(self, flow: http.HTTPFlow, host: str) -> None:
+    def _other_host(self, flow: http.HTTPFlow, host: str, headers: Mapping[str, str]) -> None:
         """A request to a host that is not Copilot's (intercepted with copilot_intercept=all): MCP servers count."""
         server = mcp_server(host, flow.request.path, copilot=False)
         if server is not None:
-            self.outputs.health(Observed(mcp_request(self.users.user_of(flow), server)))
+            self.outputs.health(Observed(mcp_request(self.users.user_of(flow, headers), server)))
 
     def request(self, flow: http.HTTPFlow) -> None:
         if not self.tracker.wants_body(flow.id):

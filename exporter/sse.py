@@ -119,9 +119,16 @@ class BodyDecoder:
         self._steps: list[_Decompressor] = steps or [_Identity()]  # an identity stage: the cap holds for plain bodies
         self._max = max_bytes
         self._stage_bytes = [0] * len(self._steps)
+        self._plain = not steps
         self.decoded_bytes = 0
 
     def feed(self, chunk: bytes) -> bytes:
+        if self._plain:  # no Content-Encoding (the common case): count it against the cap, no generators
+            self._stage_bytes[0] += len(chunk)
+            if self._stage_bytes[0] > self._max:
+                raise BodyTooLarge(f"decoded body over {self._max} bytes")
+            self.decoded_bytes += len(chunk)
+            return chunk
         parts = list(self.pieces(chunk))
         self.decoded_bytes += sum(len(p) for p in parts)  # only once the whole chunk is within the cap
         return parts[0] if len(parts) == 1 else b"".join(parts)
@@ -221,7 +228,10 @@ class SSEDecoder:
         lines = chunk.split(b"\n")
         tail = lines.pop()  # the part after the last newline: an unfinished line
         for raw in lines:
-            self._line(raw, out)
+            if raw[:6] == b"data: " and raw[-1:] != b"\r":  # most lines: read here, without a call
+                out.append(SSEEvent(self._event, raw[6:].decode("utf-8", "replace")))
+            else:
+                self._line(raw, out)
         if tail:
             self._append(tail)
         return out
