@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -76,8 +77,15 @@ class UsageEvent:
 
     @property
     def day(self) -> str:
-        """The UTC day, YYYY-MM-DD (isoformat is several times faster than strftime)."""
-        return self.timestamp.astimezone(UTC).isoformat()[:10]
+        """The UTC day, YYYY-MM-DD (isoformat is several times faster than strftime). Every sink asks for it:
+        the last event's day is kept (with its timestamp object, so the memo's key cannot be reused)."""
+        ts = self.timestamp
+        memo = _DAY_MEMO[0]
+        if memo[0] is ts:
+            return memo[1]
+        day = ts.astimezone(UTC).isoformat()[:10]
+        _DAY_MEMO[0] = (ts, day)  # one tuple swapped in whole: another thread reads the old pair or the new one
+        return day
 
     @property
     def name(self) -> str:
@@ -87,7 +95,7 @@ class UsageEvent:
 
     def log_fields(self) -> dict[str, Any]:
         """The JSON log line's fields (without timestamp/event/level, which the logger adds)."""
-        out = {name: getattr(self, name) for name in _LOG_FIELDS}
+        out = dict(zip(_LOG_FIELDS, _log_values(self), strict=True))  # one C call for the 50-odd fields
         out["tool_calls"] = list(self.tool_calls)
         out["teams"] = list(self.teams)
         out["tool_sources"] = list(self.tool_sources)
@@ -107,4 +115,6 @@ def iso_utc(ts: datetime) -> str:
     return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+_DAY_MEMO: list[tuple[datetime | None, str]] = [(None, "")]
 _LOG_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(UsageEvent) if f.name != "timestamp")
+_log_values = operator.attrgetter(*_LOG_FIELDS)

@@ -216,3 +216,15 @@ def test_stale_temp_files_of_killed_writers_are_removed(tmp_path: Path) -> None:
     writer.flush()
     assert not stale.exists() and not stale_extended.exists() and errors == []
     assert sorted(os.listdir(metrics)) == [f"copilot-insight_{DAY}.json", f"copilot-usage_{DAY}.json"]
+
+
+def test_an_events_day_is_its_own_utc_day_whatever_came_before() -> None:
+    # UsageEvent.day keeps the last event's answer: alternating days and zones must never get another's.
+    from datetime import timedelta, timezone
+
+    late = datetime(2026, 12, 1, 23, 59, 59, tzinfo=UTC)
+    east = datetime(2026, 12, 2, 8, 0, tzinfo=timezone(timedelta(hours=9)))  # 23:00 UTC on the 1st
+    cases = [(late, "2026-12-01"), (late + timedelta(seconds=1), "2026-12-02"), (east, "2026-12-01")]
+    for ts, day in cases * 3:
+        e = event(timestamp=ts)
+        assert e.day == day and e.day == day
