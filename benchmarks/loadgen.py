@@ -39,6 +39,10 @@ class LoadResult:
     errors: int = 0
     counted: int = 0  # requests sent and answered that the addon must count
     model_calls: int = 0  # of them, upstream model calls (not telemetry posts)
+    # Requests written but not seen answered: in flight when a run was cut at its time limit, or failed. The
+    # proxy may have answered (and the addon counted) them, so a count check allows for these.
+    unsure_counted: int = 0
+    unsure_model_calls: int = 0
     by_name: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)  # seconds, request written -> answer complete
     ttfbs: list[float] = field(default_factory=list)  # seconds, request written -> first body byte
@@ -125,6 +129,11 @@ async def _exchange(conn: _Conn, data: bytes) -> tuple[float, float]:
     return first - t0, end - t0
 
 
+def _unsure(result: LoadResult, tpl: traffic.Template) -> None:
+    result.unsure_counted += tpl.counted
+    result.unsure_model_calls += tpl.model_call
+
+
 async def run_load(spec: LoadSpec, progress: Callable[[int], None] | None = None) -> LoadResult:
     """Drive `spec.requests` requests through the proxy with `spec.concurrency` workers."""
     ctx = client_context(spec.ca_path)
@@ -152,7 +161,11 @@ async def run_load(spec: LoadSpec, progress: Callable[[int], None] | None = None
                         conn = conns[tpl.host] = await _open(spec.port, tpl.host, auth, ctx)
                         result.connections += 1
                     ttfb, latency = await _exchange(conn, tpl.render(ids.new(), interaction))
+                except asyncio.CancelledError:
+                    _unsure(result, tpl)
+                    raise
                 except (OSError, EOFError, asyncio.IncompleteReadError, ProtocolError, ValueError, ssl.SSLError) as e:
+                    _unsure(result, tpl)
                     result.errors += 1
                     if len(result.first_errors) < 20:
                         result.first_errors.append(f"{tpl.name}: {type(e).__name__}: {e}"[:300])
