@@ -8,6 +8,7 @@ With `exporter.flows`, `exporter.addon` and the `cli` launcher, the only modules
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import weakref
@@ -59,6 +60,22 @@ def declare(loader: Any, names: Iterable[str]) -> None:
             if problem is not None:
                 del deferred[name]
                 log.error("copilot-proxy-insight: bad option %s", problem)
+
+
+_heap = {"frozen": False}
+
+
+def freeze_startup_heap() -> bool:
+    """Moves every object alive now into the collector's permanent generation, once per process.
+
+    mitmproxy's and the addon's start-up objects (modules, options, certificates, tables) live as long as the
+    process; without this every full collection walks them again. Returns whether this call froze the heap."""
+    if _heap["frozen"]:
+        return False
+    _heap["frozen"] = True
+    gc.collect()  # what is already garbage is freed, not frozen
+    gc.freeze()
+    return True
 
 
 class Interception:
@@ -162,6 +179,8 @@ class CopilotInsight:
         self._running = True
         self.outputs.start(self.settings)
         self._startup_report()
+        if self.settings.gc_freeze:
+            freeze_startup_heap()
 
     def _startup_report(self) -> None:
         """What a new admin needs to point one IDE at the proxy, logged once it is up (exporter/startup.py)."""

@@ -202,6 +202,15 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds between writes of the daily summary file (fractions allowed, e.g. 0.5).",
     ),
     Option(
+        "copilot_gc_freeze",
+        bool,
+        True,
+        "Once the proxy is running, move the objects loaded at start-up (mitmproxy's and the addon's) into "
+        "Python's permanent garbage-collector generation (gc.freeze), so that full collections stop scanning "
+        "them again: less CPU per request. Process-wide; false leaves the collector as mitmproxy has it. "
+        "See docs/performance.md.",
+    ),
+    Option(
         "copilot_price_table",
         str,
         "",

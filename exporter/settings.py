@@ -111,6 +111,7 @@ class Settings:
     pseudonym_key: str = ""
     capture: bool = False
     flush_interval_s: float = 5.0
+    gc_freeze: bool = True
     caps: Caps = Caps()
     files: Files = Files()
     metrics: MetricsEndpoint = MetricsEndpoint()
@@ -300,6 +301,7 @@ def settings_from(get: Getter) -> Settings:
         pseudonym_key=pseudonym_key,
         capture=_bool(get, "copilot_capture_content"),
         flush_interval_s=seconds(get("copilot_flush_interval"), "copilot_flush_interval"),
+        gc_freeze=_bool(get, "copilot_gc_freeze"),
         caps=Caps(
             max_users=_int(get, "copilot_max_users", 1),
             max_models=_int(get, "copilot_max_models", 1),
