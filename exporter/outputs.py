@@ -68,7 +68,10 @@ class Outputs:
         self._max_team_users = 500
         self._team_changes = 0  # bumped on every change of _team_users (the event loop's), read by the writer
         self._team_state: tuple[int, int] = (-1, -1)
+        self._team_lock = threading.Lock()  # the writer's two threads both publish
         self.writer.every_interval("teams", self._refresh_teams)
+        # A new user's team series within a batch (0.1 s) of their first counters, not a flush interval later.
+        self.writer.every_batch("teams", self._publish_teams)
         self.server: MetricsServer | None = None
         self.running = False
         self.lock = DataDirLock()  # held while running: one process per data dir and instance id
@@ -102,16 +105,23 @@ class Outputs:
             self._team_changes += 1
 
     def _refresh_teams(self) -> None:
-        """Writer thread: re-reads a changed team map, then brings copilot_user_team_info up to date."""
+        """Periodic thread: re-reads a changed team map, then brings copilot_user_team_info up to date."""
         self.teams.poll()
-        changes = self._team_changes
-        users = tuple(self._team_users)  # one C-level copy: the event loop may add users meanwhile
-        state = (self.teams.version, changes)
-        if state == self._team_state:
-            return
-        of = self.teams.of
-        self.prometheus.team_info({(user, team) for user in users for team in of(user)})
-        self._team_state = state
+        self._publish_teams()
+
+    def _publish_teams(self) -> bool:
+        """Writer threads: copilot_user_team_info for the users seen and the current map; False when neither
+        changed since the last time."""
+        with self._team_lock:
+            changes = self._team_changes
+            users = tuple(self._team_users)  # one C-level copy: the event loop may add users meanwhile
+            state = (self.teams.version, changes)
+            if state == self._team_state:
+                return False
+            of = self.teams.of
+            self.prometheus.team_info({(user, team) for user in users for team in of(user)})
+            self._team_state = state
+            return True
 
     def health(self, signal: Health) -> None:
         self.dispatcher.health(signal)

@@ -396,6 +396,19 @@ def test_a_team_allowance_in_the_budget_file_reaches_its_members_gauge(harness: 
     assert harness.sample("copilot_budget_allowance_credits", user="zoe") == 1900
 
 
+def test_a_new_users_team_series_comes_with_the_next_batch_not_the_next_flush_interval(
+    harness: Harness, tmp_path: Path
+) -> None:
+    """The join `* on (user) group_left (team) copilot_user_team_info` must not miss a new user's first
+    scrapes: the info series is published by the writer's batch round (0.1 s), not only every flush interval."""
+    harness.tctx.configure(harness.addon, copilot_team_map=str(_yaml_map(tmp_path / "teams.yaml")))
+    harness.flush()
+    harness.flow(samples.VSCODE_COMPLETION, user="bob")
+    assert harness.sample("copilot_user_team_info", user="bob", team="backend") == 0
+    harness.addon.writer._batch_round()  # what the writer thread runs every batch_seconds
+    assert harness.sample("copilot_user_team_info", user="bob", team="backend") == 1
+
+
 def test_a_map_change_moves_the_info_metric_and_new_calls_within_one_flush(harness: Harness, tmp_path: Path) -> None:
     team_map = _yaml_map(tmp_path / "teams.yaml")
     harness.tctx.configure(harness.addon, copilot_team_map=str(team_map))

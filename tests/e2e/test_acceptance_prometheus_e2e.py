@@ -143,7 +143,11 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
                 for n, phase in enumerate(("a", "b"), start=1):
                     calls = phase_calls(phase)
                     _send_all(backend, proxy.port, str(proxy.ca_cert_path), calls)
-                    want = {"copilot_responses_total": 8.0 * n, "copilot_telemetry_events_total": EVENTS_PER_PHASE * n}
+                    want = {
+                        "copilot_responses_total": 8.0 * n,
+                        "copilot_telemetry_events_total": EVENTS_PER_PHASE * n,
+                        "copilot_user_team_info": 2.0,  # alice's and bob's, a writer batch after their counters
+                    }
                     proxy.wait_for(
                         lambda want=want: all(
                             exporter_totals(scrape(proxy.metrics_url)).get(k) == v for k, v in want.items()

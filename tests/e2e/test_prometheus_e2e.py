@@ -636,7 +636,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
 
                 # Phase A: every series comes into existence; Prometheus scrapes the result.
                 run_traffic(backend, proxy, phase_a.calls)
-                wait_exporter(proxy, totals_after([phase_a], auth_failures=0))
+                # ... and alice's and bob's team series, which the writer publishes a batch after their counters.
+                wait_exporter(proxy, {**totals_after([phase_a], auth_failures=0), "copilot_user_team_info": 2.0})
                 start_ms = last_scrape_after(prom, time.time())
                 timings["phase_a"] = time.monotonic() - started
 
