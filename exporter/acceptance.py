@@ -19,6 +19,7 @@ from typing import Any
 from exporter.identity import identify
 from exporter.labels import OTHER, UNKNOWN, LabelBounds
 from exporter.telemetry import CHAT_EDIT_OUTCOMES, STORES, SURVIVAL_AFTER, ParsedPost, TelemetryFact
+from exporter.values import quick_init
 
 KEY_TTL_S = 15 * 60  # longer than the last stillInCode check (10 min after the accept)
 MAX_KEYS = 100_000
@@ -27,6 +28,7 @@ SUGGESTION_KINDS = ("completion", "next_edit")
 SIGNALS = ("shown", "accepted", "rejected", "survival", "chat_edit")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Suggestion:
     """One counted increment. `n`: suggestions (0 when only chars/lines grew); `outcome`: a chat edit's
@@ -60,6 +62,7 @@ class Suggestion:
         return out
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TelemetryReport:
     """What one telemetry post added: events per (store, event), skipped envelopes per reason, suggestions."""

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from exporter import jsoncodec
 from exporter.identity import clean
 from exporter.streams import Shape
+from exporter.values import quick_init
 
 MAX_PARSE_BYTES = 16 * 1024 * 1024
 MAX_PROMPT_CHARS = 64 * 1024
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestFacts:
     model: str | None = None
@@ -76,6 +78,7 @@ def _last_user_responses(items: Any) -> tuple[bool | None, str | None]:
     return False, None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _FrameFacts:
     interaction_id: str | None = None
@@ -119,7 +122,7 @@ def read_request(body: bytes | None, shape: Shape | None, keep_parsed: bool = Fa
     if len(body) > MAX_PARSE_BYTES:
         return RequestFacts(error="body_too_large"), None
     try:
-        obj = json.loads(body)
+        obj = jsoncodec.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
         return RequestFacts(error="malformed_json"), None
     return _facts(obj, shape, keep_parsed), obj

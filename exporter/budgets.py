@@ -23,6 +23,7 @@ from exporter.dispatch import Emitted, Health, LabelEvicted
 from exporter.insight import insight_path
 from exporter.labels import LabelPolicy
 from exporter.quota import DEFAULT_TTL_S, QuotaBoard, from_json
+from exporter.values import quick_init
 
 log = logging.getLogger("copilot_proxy_insight")
 
@@ -36,6 +37,7 @@ class BudgetError(ValueError):
     """A budget option or file that cannot be used."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Budgets:
     """The default monthly allowance (credits), per-team and per-user overrides."""

@@ -8,13 +8,13 @@ clock stamps start, first content and end, so durations and time to first token 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from exporter import jsoncodec
 from exporter.acceptance import AcceptanceState, TelemetryReport
 from exporter.assemble import build_event
 from exporter.bodies import MAX_PARSE_BYTES, NO_FACTS, RequestFacts, read_request
@@ -33,6 +33,7 @@ from exporter.sse import BodyDecoder, BodyTooLarge, DecodeError, SSEDecoder, SSE
 from exporter.streams import AnswerParser, Shape, shape_for_path
 from exporter.telemetry import MAX_TELEMETRY_BYTES, parse_post, redacted_for_recording, skipped_post
 from exporter.tools import NO_TOOLS, RequestTools, request_tools
+from exporter.values import quick_init
 from exporter.writer import ErrorReporter
 
 log = logging.getLogger("copilot_proxy_insight")
@@ -45,6 +46,7 @@ _HOST_ANSWERS = frozenset({Kind.TOKEN_EXCHANGE, Kind.USER_INFO})
 _READ_ANSWERS = MODEL_CALL_KINDS | _HOST_ANSWERS | {Kind.MODEL_LIST}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestMeta:
     """A request's head as the tracker needs it. `headers`: lower-cased name -> first value."""
@@ -60,6 +62,7 @@ class RequestMeta:
     header_items: tuple[tuple[str, str], ...] = ()  # every header, only when recording
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ResponseHead:
     status: int
@@ -67,6 +70,7 @@ class ResponseHead:
     content_encoding: str | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ResponseMeta:
     """How a call ended. `body` is the raw (still encoded) buffered body; None when streamed or absent."""
@@ -80,6 +84,7 @@ class ResponseMeta:
     quota_headers: tuple[tuple[str, str], ...] = ()  # x-quota-snapshot-* and x-usage-ratelimit-* (exporter.quota)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WsFrame:
     from_client: bool
@@ -87,6 +92,7 @@ class WsFrame:
     content: bytes
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TrackerOptions:
     capture: bool = False  # prompts and answers into the event
@@ -95,6 +101,7 @@ class TrackerOptions:
     record_max_bytes: int = 1_000_000
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Finished:
     event: UsageEvent
@@ -359,7 +366,7 @@ class CallTracker:
                 parser.feed_event(ev)
             return
         try:
-            parser.feed_json(json.loads(body))
+            parser.feed_json(jsoncodec.loads(body))
         except (ValueError, RecursionError):
             parser.answer.malformed_events += 1
 
@@ -368,7 +375,7 @@ class CallTracker:
         if status != 200:
             return
         try:
-            doc = json.loads(body)
+            doc = jsoncodec.loads(body)
         except (ValueError, RecursionError):
             return
         if not isinstance(doc, dict):

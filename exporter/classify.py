@@ -9,6 +9,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
+from exporter.values import quick_init
+
 
 class HostRole(StrEnum):
     API = "api"  # CAPI: chat, responses, messages, models, embeddings
@@ -185,6 +187,7 @@ class HostTable:
         return new
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Route:
     """The kind of a request, plus the model named by its path (completions engines)."""

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from exporter.classify import CHAT_KINDS, INTERACTION_KINDS, Kind, intent_family
 from exporter.streams import Answer
+from exporter.values import quick_init
 
 
 class Skip(StrEnum):
@@ -65,6 +66,7 @@ class SeenSet[V]:
         return len(self._items)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Call:
     """The facts about a finished call that counting needs, and where the tracker reads each one."""
@@ -81,6 +83,7 @@ class Call:
     task_id: str | None = None  # X-Agent-Task-Id; a WebSocket call: headers.X-Agent-Task-Id, else agent_task_id
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Decision:
     counted: bool
@@ -89,6 +92,7 @@ class Decision:
     initiator_source: str = "none"  # header | body | heuristic | inferred | retry | none
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Turn:
     """What is remembered of an interaction: its user call's intent family and agent task (hashed)."""

@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from exporter.values import quick_init
+
 NANO = 10**9
 DEFAULT_BATCH = 1_000_000
 AUTO_DISCOUNT = Fraction(9, 10)  # Auto model selection: 10 % off model costs (paid plans)
@@ -74,6 +76,7 @@ def error_code(code: str | None) -> str:
     return OTHER_CODE
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Tier:
     """Prices of one tier in nano-AIU per token, by token class (exact fractions)."""
@@ -84,6 +87,7 @@ class Tier:
     output: Fraction
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ModelPrice:
     default: Tier
@@ -91,6 +95,7 @@ class ModelPrice:
     context_max: int | None = None  # input tokens above which the long-context tier applies
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Tokens:
     """The token counts of one call as the answer reported them (input includes cached and cache writes)."""
@@ -134,6 +139,7 @@ def model_key(model: str) -> str:
     return _DATED.sub("", model.strip().lower())
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class PriceTable:
     """A dated table of prices per model, plus the utility models that are never billed."""
@@ -294,6 +300,7 @@ def estimate(price: ModelPrice, tokens: Tokens, auto: bool = False) -> int:
     return quotient
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Credits:
     """The credit facts of one call: what is counted (`nano_aiu`, `source`), the estimate for calibration,
@@ -307,6 +314,7 @@ class Credits:
     unknown_price: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CallUsage:
     kind: str

@@ -11,9 +11,11 @@ from exporter import metricdefs as md
 from exporter.events import UsageEvent
 from exporter.labels import LabelPolicy
 from exporter.observe import Observation, observations
+from exporter.values import quick_init
 from exporter.writer import ErrorReporter
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ExporterError:
     """A component of the exporter failed (a sink, the parser, the metrics server, an OTLP export)."""
@@ -21,11 +23,13 @@ class ExporterError:
     component: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class AuthFailure:
     """A client was answered 407 Proxy Authentication Required."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LabelOverflow:
     """A label value was folded into `other` (outside its bounded set, over its cap, or over the series cap)."""
@@ -33,6 +37,7 @@ class LabelOverflow:
     label: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LabelEvicted:
     """A user gave their label slot to a more active user: sinks drop the series labelled with them."""
@@ -41,6 +46,7 @@ class LabelEvicted:
     value: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClientSeen:
     """A client (user, editor and plugin versions) identified itself; the dispatcher bounds the labels."""
@@ -52,6 +58,7 @@ class ClientSeen:
     plugin_version: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Observed:
     """A fact that is not one call (a secret the scanner found, a body it skipped): metric observations with
@@ -65,6 +72,7 @@ class Observed:
 Health = ExporterError | AuthFailure | LabelOverflow | LabelEvicted | ClientSeen | Observed
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Emitted:
     """What every sink receives for one finished call: the event, its bounded metric observations, and the

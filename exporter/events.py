@@ -8,12 +8,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from exporter.acceptance import TelemetryReport
+from exporter.values import quick_init
 
 COUNTED_EVENT = "copilot.request"
 SKIPPED_EVENT = "copilot.skipped"
 TELEMETRY_EVENT = "copilot.telemetry"  # a telemetry post the exporter read (its acceptance increments)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
     timestamp: datetime  # request start, UTC

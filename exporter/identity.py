@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from exporter.values import quick_init
+
 ANONYMOUS = "anonymous"
 UNKNOWN = "unknown"
 
@@ -90,6 +92,7 @@ def pseudonym(user: str, key: str) -> str:
     return f"u-{digest[:16]}"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClientIdentity:
     """The editor and plugin a request came from. `editor` is the lower-cased label value."""

@@ -21,6 +21,8 @@ from urllib.parse import unquote_to_bytes
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
+from exporter.values import quick_init
+
 log = logging.getLogger("copilot_proxy_insight")
 
 Environ = dict[str, Any]
@@ -35,6 +37,7 @@ MAX_HEAD_BYTES = 16 * 1024
 CLOSE_SECONDS = 2.0  # close() returns within about this
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The server's bounds (tests shrink them)."""

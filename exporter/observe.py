@@ -9,6 +9,7 @@ from exporter.acceptance import TelemetryReport
 from exporter.classify import CHAT_KINDS, Kind
 from exporter.events import UsageEvent
 from exporter.tools import classify_tool
+from exporter.values import quick_init
 
 # gen_ai.operation.name per kind of model call (semantic-conventions well-known values). Calls of other
 # kinds (telemetry posts, token exchanges, model lists) are not GenAI operations.
@@ -27,6 +28,7 @@ def operation_name(kind: str) -> str | None:
     return OPERATIONS.get(kind)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Observation:
     """One value recorded into one metric. `genai` marks what OpenTelemetry's gen_ai.client.* metrics

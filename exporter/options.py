@@ -11,8 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.settings import INTERCEPT_MODES, LOG_MODES, OTEL_PROTOCOLS
+from exporter.values import quick_init
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Option:
     name: str

@@ -13,6 +13,7 @@ from opentelemetry.util.re import parse_env_headers
 from opentelemetry.util.types import AttributeValue
 
 from exporter import __version__
+from exporter.values import quick_init
 
 DEFAULT_SERVICE_NAME = "copilot-proxy-insight"
 PROTOCOLS = ("http/protobuf", "grpc")
@@ -94,6 +95,7 @@ _DEFAULT_ENDPOINTS = {"http/protobuf": "http://localhost:4318", "grpc": "http://
 DEFAULT_EXPORT_INTERVAL_MS = 60_000.0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OtlpSettings:
     """Where and how the OTLP exporters send, resolved from the options first, then OTEL_* variables."""

@@ -15,6 +15,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from exporter import metricdefs as md
+from exporter.values import quick_init
 
 QUOTA_HEADER = "x-quota-snapshot-"
 RATE_LIMIT_HEADER = "x-usage-ratelimit-"
@@ -25,6 +26,7 @@ DEFAULT_TTL_S = 6 * 3600.0
 MAX_HEADER_VALUE = 512
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class QuotaReading:
     """One snapshot of one quota (`window` False) or rate-limit window (`window` True)."""

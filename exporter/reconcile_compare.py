@@ -8,6 +8,7 @@ from datetime import date
 
 from exporter.reconcile_github import GithubDay
 from exporter.report_data import Day, UserDay
+from exporter.values import quick_init
 
 NANO = 1_000_000_000
 FINAL_AFTER_DAYS = 3  # GitHub: data "typically finalizes within three full UTC days"
@@ -28,6 +29,7 @@ _HIGHER = {
 }
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Row:
     """One compared figure; proxy/github are None where that side has no figure."""
@@ -86,6 +88,7 @@ def agrees(proxy: float, github: float, tolerance: float) -> bool:
     return abs(proxy - github) <= tolerance * max(abs(proxy), abs(github)) + 1e-9
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Context:
     """What every status decision of one user-day needs."""

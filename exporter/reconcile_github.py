@@ -10,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from exporter.report_data import count
+from exporter.values import quick_init
 
 # The chat features of totals_by_feature: chat_panel_{ask,edit,agent,plan,custom,unknown}_mode and chat_inline.
 _CHAT_FEATURE_PREFIX = "chat_"
 _COMPLETION_FEATURE = "code_completion"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class GithubDay:
     """One row of the report: a GitHub login's figures on a UTC day (ai_credits None when the field is absent)."""
@@ -30,6 +32,7 @@ class GithubDay:
     ai_credits: float | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class LineProblem:
     """A line of an NDJSON file that was skipped, and why."""

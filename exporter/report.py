@@ -14,6 +14,7 @@ from typing import Any, TextIO
 from exporter.report_data import Day, SummaryError, day_range, load_day, scan_days
 from exporter.report_html import render
 from exporter.report_model import Report, build_report
+from exporter.values import quick_init
 
 PROGRESS_FROM = 15  # ranges of more days than this report progress on stderr
 
@@ -46,6 +47,7 @@ def metrics_dir(data_dir: Path) -> Path:
     return metrics
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Range:
     """Inclusive UTC day range."""

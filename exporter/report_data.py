@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.classify import CHAT_KINDS, Kind
+from exporter.values import quick_init
 
 ORIGINAL_PREFIX = "copilot-usage_"
 EXTENDED_PREFIX = "copilot-insight_"
@@ -31,6 +32,7 @@ class SummaryError(ValueError):
         self.path = str(path)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Acceptance:
     """Completion telemetry of a user and day: shown, accepted and the lines they added."""
@@ -40,6 +42,7 @@ class Acceptance:
     accepted_lines: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class UserDay:
     """One user's figures on one UTC day; extended-only figures are None when only the original file exists."""
@@ -69,6 +72,7 @@ class UserDay:
     teams: tuple[str, ...] = ()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Day:
     """One UTC day read from its files; `sources` names the files found ("original", "extended")."""

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from exporter.report_data import Acceptance, Day, UserDay, sum_maps
+from exporter.values import quick_init
 
 
 def _opt_sum(values: Iterable[int | None]) -> int | None:
@@ -28,6 +29,7 @@ def _acc_sum(items: Iterable[Acceptance | None]) -> Acceptance | None:
     return Acceptance(sum(a.shown for a in seen), sum(a.accepted for a in seen), sum(a.accepted_lines for a in seen))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Summed figures of a set of user-days (a user over the range, a team, a day, everything)."""
@@ -61,6 +63,7 @@ def totals_of(entries: Sequence[UserDay]) -> Totals:
     )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class UserRow:
     """One user over the range; teams is the union of the teams of their days."""
@@ -71,6 +74,7 @@ class UserRow:
     teams: tuple[str, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TeamRow:
     """A team over the range: members are the users with that team on any day; a user counts in each team."""
@@ -80,6 +84,7 @@ class TeamRow:
     totals: Totals
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class DayRow:
     """A day of the range; day is None-free, sources is empty for a day without files."""
@@ -90,6 +95,7 @@ class DayRow:
     totals: Totals
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Report:
     """Everything the page shows, computed once."""

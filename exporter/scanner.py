@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -13,8 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from exporter import jsoncodec
 from exporter.events import iso_utc
 from exporter.secrets import find_secrets, fingerprint, might_hold_secrets, nearest_path, path_hints
+from exporter.values import quick_init
 
 log = logging.getLogger("copilot_proxy_insight")
 
@@ -38,6 +39,7 @@ _TOOL_CALL_TYPES = frozenset({"tool_use", "function_call", "mcp_call", "mcp_tool
 _TOP_LOCATIONS = {"prompt": "prompt", "suffix": "suffix", "system": "system", "instructions": "system"}
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ScanJob:
     """One decoded request body (or WebSocket frame) and who sent it; `body` is already cut to the byte cap."""
@@ -53,6 +55,7 @@ class ScanJob:
     parsed: Any = None  # the body already parsed as JSON (bodies.read_request), None: parsed by the scan
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SecretFinding:
     """One credential in one request: who, where and a keyed fingerprint; never the secret or its context."""
@@ -158,7 +161,7 @@ def parse_body(body: bytes, parsed: Any = None) -> Iterator[tuple[str, str]]:
         yield from texts(parsed)
         return
     try:
-        doc = json.loads(body)
+        doc = jsoncodec.loads(body)
     except (ValueError, RecursionError):
         yield "body", body.decode("utf-8", "replace")
         return
@@ -171,7 +174,7 @@ def scan_job(job: ScanJob, key: bytes) -> list[SecretFinding]:
     doc = job.parsed
     if doc is None:
         try:
-            doc = json.loads(job.body)
+            doc = jsoncodec.loads(job.body)
         except (ValueError, RecursionError):
             doc = None
     if doc is not None and not might_hold_secrets(strings(doc)):

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from exporter.values import quick_init
+
 KEY_FILE = ".secret-fingerprint-key"
 
 # The secret types, as they appear in the `type` label (a fixed set: the label is bounded by construction).
@@ -36,6 +38,7 @@ CONNECTION_PASSWORD = "connection_string_password"
 HIGH_ENTROPY = "high_entropy_assignment"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Pattern:
     """One detector: `group` is the regex group holding the secret itself (what is fingerprinted)."""
@@ -50,6 +53,7 @@ class Pattern:
     fold: bool = False
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Hit:
     """A match inside one text: its type, the secret's span (for the path hint and dedup) and the secret."""

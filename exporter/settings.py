@@ -11,6 +11,7 @@ from typing import Any
 from exporter.budgets import BudgetError, Budgets, load_budgets
 from exporter.credits import PriceTable, PriceTableError, load_table
 from exporter.quota import DEFAULT_TTL_S
+from exporter.values import quick_init
 
 LOG_MODES = ("file", "stdout", "both", "off")
 INTERCEPT_MODES = ("copilot", "all")
@@ -21,6 +22,7 @@ class SettingsError(ValueError):
     """An option value that cannot be used; the message names the option, the value and what is accepted."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Caps:
     """Bounds on label values: distinct users and models, and label sets per metric table."""
@@ -30,6 +32,7 @@ class Caps:
     max_series: int = 10_000
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Files:
     """What goes to disk under the data dir, and how."""
@@ -43,6 +46,7 @@ class Files:
     instance_id: str = ""  # '': one proxy (plain file names); else this replica's name, added to file names
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MetricsEndpoint:
     """Where /metrics listens (port 0: off), with optional basic auth and TLS."""
@@ -54,6 +58,7 @@ class MetricsEndpoint:
     keyfile: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class OtelOptions:
     """The copilot_otel* options (the OTEL_* environment is resolved later, by the OTel configuration)."""
@@ -68,6 +73,7 @@ class OtelOptions:
     pseudonymous_users: bool = False  # users are already pseudonyms everywhere (copilot_pseudonym_key)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class CostOptions:
     """AI credits: the price table override (None: the shipped one), budgets and the quota gauges' TTL."""
@@ -77,6 +83,7 @@ class CostOptions:
     quota_ttl_s: float = DEFAULT_TTL_S
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TeamOptions:
     """Where membership comes from: a map file, LDAP groups (both optional), and the minimum team size."""
@@ -95,6 +102,7 @@ class TeamOptions:
         return bool(self.map_path or self.ldap_url)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SecretScan:
     """The secret scanner of outgoing prompts: on or off, bytes scanned per body, bodies waiting at most."""
@@ -104,6 +112,7 @@ class SecretScan:
     queue_size: int = 64
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Settings:
     intercept_all: bool = False

@@ -11,6 +11,8 @@ from typing import Any
 
 from mitmproxy.proxy.mode_specs import ProxyMode
 
+from exporter.values import quick_init
+
 # Clients trust this file; mitmproxy writes it into its confdir on first start.
 CA_CERT_NAME = "mitmproxy-ca-cert.pem"
 # Modes whose listener is an HTTP proxy an IDE can be pointed at with http://user:password@host:port.
@@ -18,6 +20,7 @@ HTTP_PROXY_MODES = frozenset({"regular", "upstream"})
 ALL_INTERFACES = frozenset({"", "0.0.0.0", "::"})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Listener:
     """One proxy listener: its mitmproxy mode (e.g. regular, upstream, socks5) and the address it binds."""
@@ -27,6 +30,7 @@ class Listener:
     port: int | None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StartupFacts:
     """Everything the start-up summary says, as plain values (no mitmproxy objects)."""
@@ -42,6 +46,7 @@ class StartupFacts:
     proxyauth_any: bool = False  # proxyauth=any: a user name is required, every password accepted
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Line:
     """One log line of the summary and the level to log it at."""

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from exporter import jsoncodec
 from exporter.sse import SSEEvent
+from exporter.values import quick_init
 
 MAX_TEXT_CHARS = 64 * 1024
 MAX_TOOL_CALLS = 64
@@ -37,6 +38,7 @@ def _str(value: Any) -> str | None:
 MAX_TOKEN_DETAILS = 16
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TokenDetail:
     """One `copilot_usage.token_details` entry: the server's charge for one class of tokens."""
@@ -194,7 +196,7 @@ class AnswerParser:
             a.complete = True
             return False
         try:
-            obj = json.loads(data)
+            obj = jsoncodec.loads(data)
         except ValueError:
             a.malformed_events += 1
             return False

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from exporter.identity import clean, pseudonym
+from exporter.values import quick_init
 
 if TYPE_CHECKING:  # settings -> budgets -> insight -> teams: at run time TeamOptions is imported where used
     from exporter.settings import TeamOptions
@@ -115,6 +116,7 @@ def read_map(path: Path) -> Groups:
     return parse_map(text, str(path))
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TeamIndex:
     """Each user's shown teams (small teams already folded into `other`), and every team's member count."""

@@ -10,14 +10,15 @@ envelopes are skipped and counted by reason (`ParsedPost.skipped`). See copilot-
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from exporter import jsoncodec
 from exporter.identity import clean
+from exporter.values import quick_init
 
 STANDARD_IKEY = "7d7048df-6dd0-4048-bb23-b716c1461f8f"
 ENHANCED_IKEY = "3fdd7f28-937a-48c8-9a21-ba337db23bd1"
@@ -61,6 +62,7 @@ SURVIVAL_AFTER = {30: "30s", 300: "5m", 600: "10m"}
 CHAT_EDIT_OUTCOMES = ("accepted", "rejected", "saved")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TelemetryFact:
     """One telemetry event that says something about a suggestion: only ids, bounded strings and numbers.
@@ -84,6 +86,7 @@ class TelemetryFact:
     still: bool | None = None
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ParsedPost:
     """What one telemetry post said: its facts, its events per (store, event name), and what was skipped."""
@@ -128,7 +131,7 @@ def envelopes(body: bytes) -> tuple[list[Any], int, int]:
     if not text:
         return [], 0, 0
     if text.startswith("["):
-        doc = json.loads(text)
+        doc = jsoncodec.loads(text)
         if not isinstance(doc, list):
             raise ValueError("not an array")
         return doc[:MAX_ENVELOPES], 0, max(0, len(doc) - MAX_ENVELOPES)
@@ -138,14 +141,14 @@ def envelopes(body: bytes) -> tuple[list[Any], int, int]:
     over = max(0, len(lines) - MAX_ENVELOPES)
     lines = lines[:MAX_ENVELOPES]
     try:  # one parse for the whole batch (much cheaper than one per line); a bad line: line by line
-        return json.loads("[" + ",".join(lines) + "]"), 0, over
+        return jsoncodec.loads("[" + ",".join(lines) + "]"), 0, over
     except (ValueError, RecursionError):
         pass
     out: list[Any] = []
     bad = 0
     for line in lines:
         try:
-            out.append(json.loads(line))
+            out.append(jsoncodec.loads(line))
         except (ValueError, RecursionError):
             bad += 1
     return out, bad, over

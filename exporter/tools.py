@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
+from exporter import jsoncodec
 from exporter.labels import OTHER
+from exporter.values import quick_init
 
 BUILTIN = "builtin"
 MCP = "mcp"
@@ -94,6 +95,7 @@ def server_label(raw: str | None) -> str:
     return cleaned[:64]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ToolUse:
     """One tool call a model asked for: its label value, source (builtin, mcp, unknown) and MCP server."""
@@ -103,6 +105,7 @@ class ToolUse:
     server: str = ""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class RequestTools:
     """What a request's tool list says about MCP: the servers it offers the model (Responses `{"type": "mcp"}`
@@ -162,7 +165,7 @@ def request_tools(body: bytes | None, parsed: Any = None) -> RequestTools:
     if not body or b"mcp" not in body:
         return NO_TOOLS
     try:
-        obj = json.loads(body) if parsed is None else parsed
+        obj = jsoncodec.loads(body) if parsed is None else parsed
     except (ValueError, UnicodeDecodeError, RecursionError):
         return NO_TOOLS
     if not isinstance(obj, dict):

@@ -14,6 +14,7 @@ from typing import IO, Any
 
 import structlog
 
+from exporter import jsoncodec
 from exporter.dispatch import Emitted, Health, Observed
 from exporter.events import UsageEvent, iso_utc
 from exporter.writer import BackgroundWriter
@@ -191,7 +192,7 @@ class JsonLogSink:
                 structlog.processors.add_log_level,
                 redact,
                 structlog.processors.dict_tracebacks,
-                structlog.processors.JSONRenderer(ensure_ascii=False),
+                structlog.processors.JSONRenderer(serializer=jsoncodec.dumps_line),  # compact, not ASCII-escaped
             ],
             cache_logger_on_first_use=True,
         )

@@ -17,6 +17,7 @@ from exporter.dispatch import Emitted, Health
 from exporter.events import UsageEvent, iso_utc
 from exporter.secrets import mask_secrets
 from exporter.sinks.jsonlog import redact_value
+from exporter.values import quick_init
 from exporter.writer import BackgroundWriter
 
 SECRET_HEADERS = frozenset(
@@ -94,6 +95,7 @@ def safe_path_part(value: str) -> str:
     return part or "_"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Recording:
     """What the recorder needs beyond the UsageEvent; built only when recording is on."""
