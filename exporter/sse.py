@@ -10,6 +10,8 @@ from typing import Protocol
 
 import brotli
 
+from exporter.values import quick_init
+
 if sys.version_info >= (3, 14):
     from compression import zstd
 else:  # mitmproxy depends on the backport below 3.14
@@ -31,6 +33,7 @@ class BodyTooLarge(DecodeError, ValueError):
     """The decoded body passes its cap (a decompression bomb, or just too big to parse)."""
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SSEEvent:
     """One `data:` payload with the `event:` type in force for it."""
@@ -43,6 +46,9 @@ class _Decompressor(Protocol):
     def pieces(self, data: bytes, step: int) -> Iterator[bytes]:
         """The output for `data`, in pieces of about `step` bytes (a bomb is never inflated in one go)."""
         ...
+
+
+_IDENTITY = ("", "identity", "none")  # Content-Encoding values that leave the body as it is
 
 
 class _Identity:
@@ -94,7 +100,7 @@ class _Zstd:
 
 def _decompressor(encoding: str) -> _Decompressor:
     encoding = encoding.strip().lower()
-    if encoding in ("", "identity", "none"):
+    if encoding in _IDENTITY:
         return _Identity()
     if encoding in ("gzip", "x-gzip"):
         return _Zlib(16 + zlib.MAX_WBITS)
@@ -159,7 +165,12 @@ def inflate_capped(raw: bytes, content_encoding: str | None, limit: int) -> byte
 
     Inflates piece by piece (a 405-byte brotli body can hold 256 MiB): a bomb costs at most `limit` decoded
     bytes plus one piece before it raises. DecodeError for a corrupt body or an unknown encoding. An accepted
-    body is copied once more when its pieces are joined."""
+    body is copied once more when its pieces are joined; a body without Content-Encoding (most request
+    bodies) is only checked against the cap and returned as it is."""
+    if content_encoding is None or content_encoding.strip().lower() in _IDENTITY:
+        if len(raw) > limit:
+            raise BodyTooLarge(f"decoded body over {limit} bytes")
+        return raw
     decoder = BodyDecoder(content_encoding, limit)
     parts: list[bytes] = []
     view = memoryview(raw)

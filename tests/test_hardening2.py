@@ -164,6 +164,17 @@ def test_exactly_the_cap_passes_and_one_byte_more_raises() -> None:
         inflate_capped(body, None, 9_999)  # the cap holds for plain bodies too
 
 
+@pytest.mark.parametrize("encoding", [None, "", "identity", " Identity ", "none", "identity, gzip"])
+def test_a_plain_body_is_returned_as_it_is_within_the_cap_and_refused_past_it(encoding: str | None) -> None:
+    body = b'{"prompt": "x"}' * 700  # 10.5 kB
+    packed = gzip.compress(body) if encoding and "gzip" in encoding else body
+    assert inflate_capped(packed, encoding, len(body)) == body
+    if encoding != "identity, gzip":  # no decoding step: the body itself, not a copy
+        assert inflate_capped(packed, encoding, len(body)) is body
+    with pytest.raises(BodyTooLarge, match=f"over {len(body) - 1} bytes"):
+        inflate_capped(packed, encoding, len(body) - 1)
+
+
 def test_corrupt_or_unknown_encodings_raise_decode_error_not_too_large() -> None:
     with pytest.raises(DecodeError) as corrupt:
         inflate_capped(b"not gzip at all", "gzip", MiB)
