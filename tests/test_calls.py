@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass
 
 import pytest
@@ -230,3 +232,34 @@ def test_one_websocket_carrying_two_prompts_takes_each_calls_ids_from_its_frame(
     assert len({e.request_id for e in events}) == 3  # one request id per call on the socket
     assert all(e.ttft_s is not None and e.ttft_s == pytest.approx(0.5) for e in events)
     assert tracker.ws_close("ws") == [] and failures == []
+
+
+def test_a_streamed_calls_feed_lets_go_of_the_call_when_the_call_ends() -> None:
+    """mitmproxy's flows are reference cycles: a flow, and the stream callback it keeps, live until the next
+    garbage collection. The call's state (parser, decoders, headers) must not live on with them."""
+    clock = FakeClock()
+    tracker, failures = _tracker(clock)
+    ex = samples.VSCODE_COMPLETION
+    role = tracker.hosts.role(ex.host)
+    assert role is not None
+    tracker.start("f1", _meta(ex, role))
+    tracker.request_body("f1", ex.request_body, ex.header("content-encoding"))
+    feed = tracker.stream("f1", ResponseHead(200, "text/event-stream", None))
+    assert feed is not None
+    for chunk in ex.response_chunks():
+        feed(chunk)
+    feed(b"")
+    parser = tracker._calls["f1"].parser
+    assert parser is not None
+    parser_ref = weakref.ref(parser)
+    del parser
+    gc.disable()
+    try:
+        done = tracker.finish("f1", ResponseMeta(status=200))
+        assert done is not None and done.event.counted and done.event.output_tokens
+        del done
+        assert parser_ref() is None, "freed by reference counting, with the collector off"
+        feed(b'data: {"choices": [{"text": "late"}]}\n\n')  # a chunk after the end is ignored
+    finally:
+        gc.enable()
+    assert failures == []
