@@ -103,7 +103,8 @@ def _entries(entries: Mapping[Any, Any], where: str) -> dict[str, float]:
 
 
 def month_of(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+    """YYYY-MM of the UTC month (read per call with credits: isoformat is several times faster than strftime)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()[:7]
 
 
 def month_bounds(ts: float) -> tuple[float, float]:

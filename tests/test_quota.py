@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter import metricdefs as md
@@ -362,3 +364,12 @@ def test_a_displaced_users_quota_and_budget_gauges_go_with_their_label_slot() ->
     )
     assert g("copilot_quota_remaining_ratio", {"user": "other", "quota": "chat"}) == 0.9
     assert g("copilot_budget_used_credits", {"user": "alice"}) == 3
+
+
+@given(st.floats(min_value=0, max_value=253_402_300_799, allow_nan=False))  # up to 9999-12-31T23:59:59Z
+def test_month_of_is_the_utc_year_and_month(ts: float) -> None:
+    from datetime import UTC, datetime
+
+    from exporter.budgets import month_of
+
+    assert month_of(ts) == datetime.fromtimestamp(ts, UTC).strftime("%Y-%m").zfill(7)
