@@ -61,6 +61,7 @@ def quick_init[T](cls: type[T]) -> type[T]:
     init = namespace["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
+    init.__annotations__ = dict(cls.__init__.__annotations__)  # for inspect.signature and get_type_hints
     GENERATED_INITS[cls] = cls.__init__
     cls.__init__ = init  # type: ignore[method-assign]
     return cls

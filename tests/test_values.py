@@ -62,6 +62,7 @@ def test_the_quick_init_takes_and_stores_what_the_generated_one_did(cls: type) -
     ]
     for a, b in zip(quick.parameters.values(), generated.parameters.values(), strict=True):
         assert _same_default(a, b), (cls, a.name)
+        assert a.annotation == b.annotation, (cls, a.name)
     required = [p.name for p in list(quick.parameters.values())[1:] if p.default is inspect.Parameter.empty]
     for everything in (False, True):  # the required fields only (defaults, factories), then every field
         names = [f.name for f in dataclasses.fields(cls)] if everything else required
