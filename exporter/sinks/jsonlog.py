@@ -118,6 +118,16 @@ def log_path(data_dir: Path, day: str, instance: str = "") -> Path:
     return data_dir / "events" / f"copilot-events_{day}{suffix}.jsonl"
 
 
+class _RecordLogger(structlog.BoundLoggerBase):
+    """structlog's custom-wrapper pattern (BoundLoggerBase, its processor chain): one call per record with the
+    record's fields as one dict. `logger.info(event, **fields)` through structlog's lazy proxy and filtering
+    logger repacks the 57 fields of a call's line into a new dict three times over before the chain starts."""
+
+    def record(self, event: str, fields: dict[str, Any]) -> None:
+        args, kw = self._process_event("info", event, fields)
+        self._logger.msg(*args, **kw)
+
+
 class _LineSink:
     """structlog's logger: hands each rendered line to the writer thread, which owns the files."""
 
@@ -186,7 +196,7 @@ class JsonLogSink:
         self._file: IO[str] | None = None
         self._file_day: str | None = None
         self._day = ""
-        self._logger = structlog.wrap_logger(
+        self._logger = _RecordLogger(
             _LineSink(self),
             processors=[
                 structlog.processors.add_log_level,
@@ -194,7 +204,7 @@ class JsonLogSink:
                 structlog.processors.dict_tracebacks,
                 structlog.processors.JSONRenderer(serializer=jsoncodec.dumps_line),  # compact, not ASCII-escaped
             ],
-            cache_logger_on_first_use=True,
+            context={},
         )
         self._lines: deque[tuple[str, str]] = deque()
         # Bytes queued and bytes taken, each written by one thread only (the event loop, the writer): their
@@ -221,14 +231,14 @@ class JsonLogSink:
         if not self.enabled or not logged(event, self._log_skipped):
             return
         self._day = event.day
-        self._logger.info(event.name, timestamp=iso_utc(event.timestamp), **event.log_fields())
+        self._logger.record(event.name, {"timestamp": iso_utc(event.timestamp), **event.log_fields()})
 
     def health(self, signal: Health) -> None:
         """Facts that are not calls but carry a log line (e.g. copilot.secret_detected)."""
         if isinstance(signal, Observed) and signal.log_event and self.enabled:
             fields = dict(signal.log_fields)
             self._day = str(fields.get("timestamp", ""))[:10] or self._day
-            self._logger.info(signal.log_event, **fields)
+            self._logger.record(signal.log_event, fields)
 
     def enqueue(self, line: str) -> None:
         """Event loop: keep the line for the writer thread (a deque append; the thread drains every batch).
