@@ -44,7 +44,9 @@ def quick_init[T](cls: type[T]) -> type[T]:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not f.init or f.kw_only:
             raise TypeError(f"quick_init: field {f.name} of {cls.__qualname__} is not a plain init field")
-        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__  # the slot's member descriptor
+        # The slot's member descriptor, in the class that declared the field (a base class for inherited ones).
+        slot = next(c.__dict__[f.name] for c in cls.__mro__ if f.name in c.__dict__)
+        namespace[f"_set_{f.name}"] = slot.__set__
         value = f.name
         if f.default is not dataclasses.MISSING:
             namespace[f"_default_{f.name}"] = f.default

@@ -92,6 +92,20 @@ class _Empty:
     pass
 
 
+@quick_init
+@dataclass(frozen=True, slots=True)
+class _Derived(_Value):
+    e: int = 5
+
+
+def test_an_inherited_field_is_stored_through_its_base_class_slot() -> None:
+    d = _Derived(1, e=7)
+    assert (d.a, d.b, d.c, d.e) == (1, "b", [], 7)
+    assert d == _Derived(1, "b", [], (), 7)
+    with pytest.raises(FrozenInstanceError):
+        d.a = 2  # type: ignore[misc]
+
+
 def test_built_positionally_by_keyword_and_with_defaults() -> None:
     assert _Value(1) == _Value(a=1) == _Value(1, "b", [], ())
     v = _Value(2, c=[3])
