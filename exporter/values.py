@@ -14,6 +14,7 @@ equality, hashing, pickling). The generated code is compiled once per class, as 
 from __future__ import annotations
 
 import dataclasses
+import keyword
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,8 @@ def quick_init[T](cls: type[T]) -> type[T]:
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if not f.init or f.kw_only:
             raise TypeError(f"quick_init: field {f.name} of {cls.__qualname__} is not a plain init field")
+        if not f.name.isidentifier() or keyword.iskeyword(f.name):  # the source below is made of these names only
+            raise TypeError(f"quick_init: field name {f.name!r} of {cls.__qualname__} is not an identifier")
         # The slot's member descriptor, in the class that declared the field (a base class for inherited ones).
         slot = next(c.__dict__[f.name] for c in cls.__mro__ if f.name in c.__dict__)
         namespace[f"_set_{f.name}"] = slot.__set__
@@ -58,6 +61,8 @@ def quick_init[T](cls: type[T]) -> type[T]:
         else:
             args.append(f.name)
         body.append(f"    _set_{f.name}(self, {value})")
+    # Compiled once per class at import, from the class's own field names (checked above) and names bound in
+    # `namespace`: nothing of the traffic is ever part of it. dataclasses builds its own __init__ the same way.
     source = f"def __init__(self, {', '.join(args)}):\n" + ("\n".join(body) or "    pass") + "\n"
     exec(compile(source, f"<quick_init {cls.__module__}.{cls.__qualname__}>", "exec"), namespace)
     init = namespace["__init__"]

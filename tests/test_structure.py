@@ -41,6 +41,38 @@ def test_the_boundary_check_sees_an_import() -> None:
     assert "mitmproxy" in _imports(ast.parse("def f():\n    import mitmproxy.ctx\n"))
 
 
+def _evaluated(tree: ast.AST) -> list[int]:
+    """Lines that call eval, exec or compile (by name or as builtins.<name>)."""
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    names = {"eval", "exec", "compile"}
+    return [
+        c.lineno
+        for c in calls
+        if (isinstance(c.func, ast.Name) and c.func.id in names)
+        or (
+            isinstance(c.func, ast.Attribute)
+            and c.func.attr in names
+            and isinstance(c.func.value, ast.Name)
+            and c.func.value.id == "builtins"
+        )
+    ]
+
+
+@pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(EXPORTER)))
+def test_nothing_is_evaluated_but_quick_inits_own_field_names(path: Path) -> None:
+    """Network data must never reach eval/exec: the one exec compiles an __init__ from a dataclass's own field
+    names at import time (exporter/values.py)."""
+    lines = _evaluated(ast.parse(path.read_text()))
+    if path.relative_to(EXPORTER).as_posix() == "values.py":
+        assert len(set(lines)) == 1, lines  # exec(compile(...)): one line
+    else:
+        assert lines == [], f"{path.name} evaluates code at lines {lines}"
+
+
+def test_the_evaluation_check_sees_a_call() -> None:
+    assert _evaluated(ast.parse("exec(x)\nbuiltins.eval(y)\nre.compile(z)")) == [1, 2]
+
+
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(EXPORTER)))
 def test_no_class_over_300_lines_and_no_function_over_60(path: Path) -> None:
     for node in ast.walk(ast.parse(path.read_text())):
