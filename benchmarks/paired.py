@@ -94,7 +94,7 @@ def _valgrind_wrapper(directory: Path) -> Path:
     return wrapper
 
 
-_TOTALS = re.compile(rb"^(?:summary|totals):\s*(\d+)", re.M)
+_TOTALS = re.compile(rb"^totals:\s*(\d+)\n", re.M)  # the last line of a dump: once it is there, the dump is whole
 
 
 def _instructions(proxy: Proxy) -> int:
@@ -105,11 +105,9 @@ def _instructions(proxy: Proxy) -> int:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         new = sorted(set(directory.glob("callgrind.*")) - before)
-        if new:
-            time.sleep(0.5)  # written whole before it is read
-            found = _TOTALS.search(new[-1].read_bytes())
-            if found:
-                return int(found.group(1))
+        found = _TOTALS.search(new[-1].read_bytes()) if new else None
+        if found:
+            return int(found.group(1))
         time.sleep(0.1)
     raise RuntimeError(f"{proxy.name}: callgrind wrote no dump")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -49,7 +50,7 @@ class _Mitm:
     pid = 0
 
 
-def _proxy(name: str, cpu: list[float], rps: list[float], instructions: list[float] = ()) -> paired.Proxy:  # type: ignore[assignment]
+def _proxy(name: str, cpu: list[float], rps: list[float], instructions: Sequence[float] = ()) -> paired.Proxy:
     p = paired.Proxy(name, _Mitm(), None)  # type: ignore[arg-type]
     p.cpu_ms, p.rps, p.instructions = cpu, rps, list(instructions)
     return p
