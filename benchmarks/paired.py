@@ -21,6 +21,10 @@ the addon, its threads, the garbage collector), bare and with each tree, and the
 this does not move with the machine's load. The daily summary's timed rewrite (`copilot_flush_interval`, 5 s)
 is set past the run: under valgrind 5 s are some 50 requests instead of 1,500, so it would weigh 30 times
 what it weighs in a real process.
+
+`--idle SECONDS` measures the proxies with no traffic at all, after the warm-up: CPU milliseconds per second and
+thread wake-ups per second (voluntary context switches of all the process's threads, from /proc). An idle
+proxy should cost nothing; the addon's threads sleep until there is work, and poll at most once a second.
 """
 
 from __future__ import annotations
@@ -110,6 +114,32 @@ def _instructions(proxy: Proxy) -> int:
             return int(found.group(1))
         time.sleep(0.1)
     raise RuntimeError(f"{proxy.name}: callgrind wrote no dump")
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of all of a process's threads so far (each one a wait that blocked)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # a thread that ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("voluntary_ctxt"))
+    return total
+
+
+def idle_report(proxies: dict[str, Proxy], seconds: float) -> str:
+    """CPU and wake-ups per second of each proxy over `seconds` without traffic (the proxies run meanwhile)."""
+    before = {n: (proc_cpu(p.mitm.pid), wakeups(p.mitm.pid)) for n, p in proxies.items()}
+    t0 = time.monotonic()
+    time.sleep(seconds)  # the measured period itself: nothing is waited for
+    elapsed = time.monotonic() - t0
+    lines = [f"idle, no traffic for {elapsed:.0f} s", f"  {'proxy':<12} {'CPU ms/s':>9} {'wake-ups/s':>11}"]
+    for n, p in proxies.items():
+        cpu, woke = before[n]
+        cpu_ms = (proc_cpu(p.mitm.pid) - cpu) / elapsed * 1000
+        lines.append(f"  {n:<12} {cpu_ms:9.2f} {(wakeups(p.mitm.pid) - woke) / elapsed:11.1f}")
+    return "\n".join(lines)
 
 
 def start(
@@ -248,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--gc", action="store_true", help="also measure the garbage collector per request")
     parser.add_argument("--callgrind", action="store_true", help="count instructions per request (valgrind)")
+    parser.add_argument("--idle", type=float, metavar="SECONDS", help="measure the proxies idle instead")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     if (
@@ -277,6 +308,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for p in proxies.values():
                 asyncio.run(run_load(spec(p, args.warmup)))
+            if args.idle:
+                print(idle_report(proxies, args.idle))
+                return 0
             if cg:
                 for r in range(args.rounds):
                     for p in proxies.values():

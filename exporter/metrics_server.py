@@ -234,6 +234,9 @@ class MetricsServer:
         # connection -> None while it has not sent its head, else when its answer began (in order of arrival)
         self._open: dict[socket.socket, float | None] = {}
         self._closing = threading.Event()
+        # close() writes a byte here: the accept loop blocks in select() without a timeout (an idle proxy's
+        # thread never wakes) and still ends at once.
+        self._wake_r, self._wake_w = socket.socketpair()
         self.dropped = 0  # connections dropped at the cap
         self._thread = threading.Thread(target=self._accept_loop, name="copilot-proxy-insight-metrics", daemon=True)
         self._thread.start()
@@ -258,18 +261,24 @@ class MetricsServer:
     def close(self) -> None:
         """Stop accepting, drop every open connection, and return within about CLOSE_SECONDS."""
         self._closing.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
         self._thread.join(CLOSE_SECONDS)
         with self._lock:
             conns = list(self._open)
         for conn in conns:
             _hang_up(conn)
         self._listener.close()
+        if not self._thread.is_alive():
+            self._wake_r.close()
+            self._wake_w.close()
 
     def _accept_loop(self) -> None:
         with selectors.DefaultSelector() as sel:
             sel.register(self._listener, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
             while not self._closing.is_set():
-                if not sel.select(0.1):
+                if not any(key.fileobj is self._listener for key, _ in sel.select()):
                     continue
                 try:
                     conn, peer = self._listener.accept()

@@ -28,6 +28,7 @@ SCAN_ERROR = "error"
 SKIP_REASONS = (QUEUE_FULL, TRUNCATED, UNDECODABLE, SCAN_ERROR)
 
 BATCH_SECONDS = 0.1  # the worker wakes this often (or when the queue is half full) and scans what is queued
+IDLE_SECONDS = 1.0  # after rounds with nothing queued the worker's waits double up to this (an idle proxy)
 REPEAT_WINDOW_S = 24 * 3600.0  # a secret already reported for a user is reported again after this long
 MAX_REMEMBERED = 50_000
 MAX_DEPTH = 64
@@ -229,7 +230,9 @@ class Scanner:
 
     Submitting does not wake the worker (as with exporter.writer): a thread woken for every body takes the
     GIL from the event loop at once, and that hand-off costs more than many scans. The worker wakes every
-    `batch_seconds`, or as soon as the queue is half full, and scans everything queued."""
+    `batch_seconds`, or as soon as the queue is half full, and scans everything queued; after rounds that
+    found nothing its waits double, up to `idle_seconds`, and the first body after such a quiet spell wakes it
+    (one hand-off per quiet spell, not per body)."""
 
     def __init__(
         self,
@@ -237,6 +240,7 @@ class Scanner:
         scan: ScanFn = scan_job,
         clock: Callable[[], float] = time.time,
         batch_seconds: float = BATCH_SECONDS,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self._deliver = deliver
         self._scan = scan
@@ -248,6 +252,8 @@ class Scanner:
         self._queue: queue.Queue[ScanJob | None] = queue.Queue(maxsize=64)
         self._wake = threading.Event()
         self._batch_seconds = batch_seconds
+        self._idle_seconds = idle_seconds
+        self._idle = False  # the worker is in a wait longer than a batch: the next submit wakes it
         self._thread: threading.Thread | None = None
         self._reported: OrderedDict[tuple[str, str], float] = OrderedDict()
 
@@ -300,7 +306,8 @@ class Scanner:
         except queue.Full:
             skipped = [QUEUE_FULL]
         else:
-            if 2 * jobs.qsize() >= jobs.maxsize:
+            if self._idle or 2 * jobs.qsize() >= jobs.maxsize:
+                self._idle = False
                 self._wake.set()
         if skipped:
             self._deliver([], skipped)
@@ -319,14 +326,19 @@ class Scanner:
             return jobs.all_tasks_done.wait_for(lambda: not jobs.unfinished_tasks, timeout)
 
     def _run(self, jobs: queue.Queue[ScanJob | None]) -> None:
+        wait = self._batch_seconds
         while True:
-            self._wake.wait(self._batch_seconds)
+            self._idle = wait > self._batch_seconds
+            self._wake.wait(wait)
             self._wake.clear()
+            self._idle = False
+            wait = min(2 * wait, max(self._batch_seconds, self._idle_seconds))
             while True:
                 try:
                     job = jobs.get_nowait()
                 except queue.Empty:
                     break
+                wait = self._batch_seconds
                 try:
                     if job is None:
                         return

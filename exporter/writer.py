@@ -45,7 +45,7 @@ class ErrorReporter:
 
 
 STUCK_SECONDS = 10.0  # a write busy this long is reported as stuck (a hung mount, a FIFO nobody reads)
-_TICK = 0.5  # how often the periodic thread looks at the clock and at the watchdog
+IDLE_SECONDS = 1.0  # an idle thread's longest wait: after rounds with nothing to do, its waits grow to this
 
 
 class BackgroundWriter:
@@ -53,11 +53,15 @@ class BackgroundWriter:
 
     Submitting does not wake the thread: waking a thread for every log line makes the submitting thread
     (mitmproxy's event loop) wait for the GIL to come back, which costs far more than the write. The
-    thread wakes every `batch_seconds`, or at once when `wake_at` jobs are pending or on flush/stop.
+    thread wakes every `batch_seconds`, or at once when `wake_at` jobs are pending or on flush/stop. While
+    there is nothing to write its waits double, up to `idle_seconds`, and the first job or line after such a
+    quiet spell wakes it (`nudge`): an idle proxy's writer wakes once a second instead of ten times, and a
+    burst's first line is still written at once.
 
     Periodic jobs (the daily summary) run on a second thread, so a write that blocks for ever (a hung network
     mount, a FIFO as the day's log) cannot starve them; that thread also watches both threads and reports a
-    job busy for over `stuck_seconds`. `stop()` gives up on a stuck thread after its timeout.
+    job busy for over `stuck_seconds`. It wakes when the next round is due, and at least every quarter of
+    `stuck_seconds`. `stop()` gives up on a stuck thread after its timeout.
     """
 
     def __init__(
@@ -68,8 +72,9 @@ class BackgroundWriter:
         batch_seconds: float = 0.1,
         wake_at: int = 2_000,
         stuck_seconds: float = STUCK_SECONDS,
+        idle_seconds: float = IDLE_SECONDS,
     ) -> None:
-        self._pending: deque[Job] = deque()
+        self._pending: deque[Callable[[], object]] = deque()  # what each returns is not used
         self._wake = threading.Event()
         self._errors = errors
         self._interval = interval
@@ -77,6 +82,8 @@ class BackgroundWriter:
         self._wake_at = wake_at
         self._max_pending = max_pending
         self._stuck_seconds = stuck_seconds
+        self._idle_seconds = idle_seconds
+        self._idle = False  # the thread is in a wait longer than a batch: the next producer wakes it (nudge)
         self._periodic: dict[str, Job] = {}
         self._every_batch: dict[str, BatchJob] = {}
         self._thread: threading.Thread | None = None
@@ -105,6 +112,13 @@ class BackgroundWriter:
     def wake(self) -> None:
         """Wake the thread now (a producer with a large backlog)."""
         self._wake.set()
+
+    def nudge(self) -> None:
+        """A producer has work: wake the thread if it is idling in a long wait (the first line after a quiet
+        spell is written within a batch, not a second later); under traffic a flag test and nothing else."""
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     def set_interval(self, seconds: float) -> None:
         self._interval = seconds
@@ -135,6 +149,8 @@ class BackgroundWriter:
         self._pending.append(lambda: self._guard(component, job))
         if pending + 1 == self._wake_at:
             self._wake.set()
+        else:
+            self.nudge()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far, and one round of periodic jobs, is done."""
@@ -181,10 +197,12 @@ class BackgroundWriter:
         self._periodic_round()
         return True
 
-    def _guard(self, component: str, job: Callable[[], object]) -> None:
+    def _guard(self, component: str, job: Callable[[], object]) -> bool:
+        """Runs the job; whether it did (or tried to do) any work: a batch job that returned False did not."""
         me = threading.current_thread().name
         since = time.monotonic()
         self._busy[me] = (component, since)
+        did_work: object = True
         try:
             did_work = job()
         except Exception as e:  # a failing write is counted and logged, never raised
@@ -199,6 +217,7 @@ class BackgroundWriter:
                 self._reported.discard((me, since))
             if was_reported:
                 self._errors.recovered(f"{component}_stuck")
+        return did_work is not False
 
     def _watch(self) -> None:
         """Report (count, log once) each job that has been busy for over `stuck_seconds`."""
@@ -216,35 +235,50 @@ class BackgroundWriter:
                 f"{len(self._pending)} writes queued behind it",
             )
 
-    def _batch_round(self) -> None:
+    def _batch_round(self) -> bool:
+        worked = False
         for component, job in list(self._every_batch.items()):
-            self._guard(component, job)
+            worked = self._guard(component, job) or worked
+        return worked
 
     def _periodic_round(self) -> None:
         with self._periodic_lock:
             for component, job in list(self._periodic.items()):
                 self._guard(component, job)
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
+        """Runs every queued job; whether there was any."""
+        ran = False
         while True:
             try:
                 job = self._pending.popleft()
             except IndexError:
-                break
+                return ran
             job()
+            ran = True
 
     def _run(self, stop: threading.Event) -> None:
+        wait = self._batch_seconds
         while not stop.is_set():
-            self._wake.wait(self._batch_seconds)
+            self._idle = wait > self._batch_seconds
+            self._wake.wait(wait)
             self._wake.clear()
+            self._idle = False
             self._watch()
-            self._drain()
-            self._batch_round()
+            worked = self._drain()
+            worked = self._batch_round() or worked
+            wait = self._batch_seconds if worked else min(2 * wait, max(self._batch_seconds, self._idle_seconds))
+
+    def _periodic_wait(self, last_round: float) -> float:
+        """Until the next round is due, and at most a quarter of `stuck_seconds` (the watchdog's look: a job
+        stuck since just after it is reported within 1.25 x `stuck_seconds`)."""
+        due = last_round + self._interval - time.monotonic()
+        return max(0.001, min(due, self._stuck_seconds / 4))
 
     def _run_periodic(self, stop: threading.Event) -> None:
         last_round = time.monotonic()
         while not stop.is_set():
-            self._tick.wait(min(_TICK, max(self._interval, 0.001)))
+            self._tick.wait(self._periodic_wait(last_round))
             self._tick.clear()
             self._watch()
             if not stop.is_set() and time.monotonic() - last_round >= self._interval:

@@ -134,3 +134,14 @@ def test_the_unrolled_hint_check_equals_the_hint_list() -> None:
     for hint in _SECRET_HINTS:
         assert _hinted(f"x {hint} y"), hint
     assert not _hinted('{"host": "api.githubcopilot.com", "path": "/chat/completions", "model": "gpt-5"}')
+
+
+def test_the_first_line_after_a_quiet_spell_wakes_the_writer(tmp_path: Path) -> None:
+    sink, writer, _ = _sink(tmp_path)
+    sink.handle(event())
+    assert not writer._wake.is_set()  # under traffic a line waits for the writer's next batch
+    writer._idle = True  # what the writer thread sets while in a wait longer than a batch
+    sink.handle(event())
+    assert writer._wake.is_set()
+    writer.flush()
+    assert len(log_path(tmp_path, "2026-11-24").read_text().splitlines()) == 2

@@ -317,3 +317,28 @@ def test_clients_that_never_read_their_answer_cannot_lock_out_scrapes() -> None:
         for s in readers:
             s.close()
         server.close()
+
+
+def test_the_accept_thread_sleeps_without_a_timeout_and_close_still_ends_it(
+    registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle proxy's /metrics thread never wakes by itself (it used to poll ten times a second): it blocks in
+    select() until a connection comes or close() writes to its wake-up socket."""
+    import selectors
+
+    timeouts: list[float | None] = []
+    real = selectors.DefaultSelector
+
+    class Recording(real):  # type: ignore[valid-type,misc]
+        def select(self, timeout: float | None = None) -> Any:
+            timeouts.append(timeout)
+            return super().select(timeout)
+
+    monkeypatch.setattr(selectors, "DefaultSelector", Recording)
+    server = serve_metrics(registry, "127.0.0.1", 0)
+    baseline = _open_fds()
+    assert _get(server.url)[0] == 200
+    server.close()
+    assert not server._thread.is_alive()
+    assert timeouts and set(timeouts) == {None}
+    assert _open_fds() <= baseline - 3  # the listener and both ends of the wake-up pair are closed

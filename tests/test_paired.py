@@ -75,3 +75,14 @@ def test_the_instruction_report_gives_the_difference_over_bare() -> None:
     }
     text = paired.instruction_report(proxies, 600)
     assert "24,100,000" in text and "+1,400,000" in text and "1.058" in text
+
+
+def test_wakeups_counts_the_voluntary_switches_of_every_thread_of_a_process() -> None:
+    import os
+    import time
+
+    before = paired.wakeups(os.getpid())
+    for _ in range(20):  # each nap blocks this thread: a voluntary switch (what is measured, not a wait)
+        time.sleep(0.001)
+    assert paired.wakeups(os.getpid()) >= before + 20
+    assert paired.wakeups(os.getpid()) < before + 10_000

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import queue
 import threading
 from pathlib import Path
 from typing import Any
@@ -482,3 +483,39 @@ def test_a_1mb_prompt_being_scanned_does_not_hold_up_other_flows(harness: Harnes
     gate.set()
     assert scanner.wait_idle()
     assert harness.sample("copilot_secrets_detected_total", user="alice", kind="chat_agent", type=s.GITHUB_TOKEN) == 1
+
+
+def test_an_idle_worker_waits_longer_and_longer_up_to_a_second_and_a_job_sets_it_back() -> None:
+    # An idle proxy's scanner used to wake ten times a second; now its waits double while nothing comes.
+    scanned: list[bytes] = []
+    scanner = Scanner(lambda f, sk: None, scan=lambda j, k: scanned.append(j.body) or [], batch_seconds=0.1)
+    jobs: queue.Queue[ScanJob | None] = queue.Queue()
+    timeouts: list[float | None] = []
+    steps = {6: lambda: jobs.put(job("a body")), 9: lambda: jobs.put(None)}
+
+    class Wake:
+        def wait(self, timeout: float | None = None) -> bool:
+            timeouts.append(timeout)
+            step = steps.get(len(timeouts))
+            if step is not None:
+                step()
+            return False
+
+        def clear(self) -> None:
+            return None
+
+    scanner._wake = Wake()  # type: ignore[assignment]
+    scanner._run(jobs)  # returns at the None the ninth wait queued
+    assert scanned == [b"a body"]
+    assert timeouts == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 0.1, 0.2, 0.4]
+
+
+def test_the_first_body_after_a_quiet_spell_wakes_the_worker() -> None:
+    scanner = Scanner(lambda f, sk: None, batch_seconds=3600.0)
+    scanner.enabled = True  # no worker thread: only what submit() does to the wake-up event is looked at
+    scanner.submit(job("body 0"))
+    assert not scanner._wake.is_set()  # in its batch pace: no hand-off for a body
+    scanner._idle = True  # what the worker sets while in a wait longer than a batch
+    scanner.submit(job("body 1"))
+    assert scanner._wake.is_set() and not scanner._idle
+    assert scanner._queue.qsize() == 2

@@ -252,6 +252,8 @@ class JsonLogSink:
         self._lines.append((self._day, line))
         if len(self._lines) == _WAKE_AT:
             self._writer.wake()
+        else:
+            self._writer.nudge()  # the first line after a quiet spell
 
     def _drain(self) -> bool:
         """Writer thread: write and flush every pending line; False when there was nothing to write.

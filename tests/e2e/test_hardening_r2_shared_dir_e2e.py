@@ -174,6 +174,8 @@ def test_a_second_mitmdump_on_a_data_dir_in_use_stops_with_one_line_and_the_firs
             )
             extended_path = data_dir / "metrics" / f"copilot-insight_{day}{'.' + instance if instance else ''}.json"
             first.wait_for(extended_path.is_file, DEADLINE, "the first process's extended summary")
+            events_path = data_dir / "events" / f"copilot-events_{day}{'.' + instance if instance else ''}.jsonl"
+            first.wait_for(events_path.is_file, DEADLINE, "the first process's event log")
             before = _files(data_dir)
 
             second = Mitmdump(
