@@ -3,9 +3,13 @@
 Every request body, event-stream event and telemetry post is parsed, and every counted call renders one JSON
 log line: with the standard library that was about a tenth of the addon's CPU (docs/performance.md). orjson
 parses 2-4 times and renders 6 times as fast. It declines a few inputs the standard library takes (NaN and
-Infinity, integers past 64 bits, lone surrogates, UTF-16/32 bytes, a byte-order mark, nesting past 1,024):
-for those, and for everything orjson rejects, the standard library decides, so what parses, what fails and
-how it fails (ValueError, UnicodeDecodeError, RecursionError) stay as they were.
+Infinity, lone surrogates, UTF-16/32 bytes, a byte-order mark, nesting past 1,024): for those, and for
+everything orjson rejects, the standard library decides, so what parses, what fails and how it fails
+(ValueError, UnicodeDecodeError, RecursionError) stay as they were. One difference is kept: an integer literal
+outside 64 bits (below -2**63 or above 2**64 - 1) parses as a float, where the standard library gives an int.
+No count takes such a value (token counts and telemetry measurements are bounded far below it, and a float
+where an int is expected is ignored as it was), and checking every number for it would cost more than orjson
+saves. Rendering has no such difference: an int past 64 bits is rendered by the standard library.
 """
 
 from __future__ import annotations
