@@ -281,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, metavar="SECONDS", help="measure the proxies idle instead")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
+    if args.idle is not None and not args.idle > 0:
+        parser.error(f"--idle needs a number of seconds over 0, not {args.idle}")
     if (
         args.callgrind
         and subprocess.run(["sh", "-c", "command -v valgrind callgrind_control"], capture_output=True).returncode
@@ -308,7 +310,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             for p in proxies.values():
                 asyncio.run(run_load(spec(p, args.warmup)))
-            if args.idle:
+            if args.idle is not None:
                 print(idle_report(proxies, args.idle))
                 return 0
             if cg:

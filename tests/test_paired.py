@@ -86,3 +86,13 @@ def test_wakeups_counts_the_voluntary_switches_of_every_thread_of_a_process() ->
         time.sleep(0.001)
     assert paired.wakeups(os.getpid()) >= before + 20
     assert paired.wakeups(os.getpid()) < before + 10_000
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5", "nan"])
+def test_an_idle_period_that_is_not_over_zero_is_refused_before_anything_starts(
+    seconds: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        paired.main(["--idle", seconds])
+    assert stopped.value.code == 2
+    assert "--idle needs a number of seconds over 0" in capsys.readouterr().err
